@@ -42,8 +42,9 @@ EXAMPLE = [
     {"role": "user", "content": "Observation: 42"},
     {"role": "assistant", "content": '{"action": "finish", "answer": "42"}'},
 ]
-# The final answer is one line of plain text (no braces or control characters).
-ANSWER_PATTERN = r"^[^{}\\\n\r\t\"]+$"
+# The final answer is one line of plain text (no braces or control characters) that starts
+# with a letter or digit: a small model otherwise "answers" with punctuation such as ";;;".
+ANSWER_PATTERN = r"^-?[A-Za-z0-9][^{}\\\n\r\t\"]*$"
 
 
 def permitted_tools(
@@ -181,11 +182,14 @@ async def react_program(
     max_steps: int = 6,
     seed: int = 0,
     act_first: bool = True,
+    constrained: bool = True,
 ) -> dict[str, Any]:
     """Solve `task` with the permitted tools, one constrained JSON action per step.
 
     With `act_first` the first step's grammar leaves out `finish`: the agent must consult a
-    tool before it answers (a small model otherwise tends to "answer" by echoing the task)."""
+    tool before it answers (a small model otherwise tends to "answer" by echoing the task).
+    `constrained=False` drops the grammar (free text parsed as JSON): the baseline that
+    benchmarks/bench_react.py measures the grammar against."""
     specs = permitted_tools(ctx.kernel.syscalls, ctx.process.caps, tools)
     state = ReActState(task, specs, max_steps=max_steps)
     schema = action_schema(specs)
@@ -194,7 +198,8 @@ async def react_program(
     while not state.exhausted:
         reply = await ctx.sys.llm.chat(
             messages=state.messages, temperature=0.0, seed=seed, max_tokens=160,
-            json_schema=schema if state.steps else first_schema, stream=False,
+            json_schema=(schema if state.steps else first_schema) if constrained else None,
+            stream=False,
         )  # fmt: skip
         ctx.print(f"[step {len(state.steps) + 1}] {reply.text.strip()}")
         parsed = state.parse(reply.text)
