@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_tokens_default: int = Field(
         512, ge=1, description="max new tokens when a request names none"
     )
+    keep_reaped: int = Field(
+        1000, ge=0, description="ended, reaped processes kept in memory (older: SQLite only)"
+    )
     chat_formats: dict[str, str] = Field(
         default_factory=dict,
         description="chat format per model name for models without a template (chatml, gemma, plain, or a file)",

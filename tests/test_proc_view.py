@@ -34,7 +34,7 @@ async def test_ls_and_cat_proc(scripted_kernel: Any) -> None:
     mine = next(e for e in entries if e["path"] == f"/proc/{proc.pid}")
     assert (mine["kind"], mine["owner"], mine["mode"]) == ("dir", "sleeper", "0o555")
     files = await run_syscall(k, "fs.ls", {"path": f"/proc/{proc.pid}"})
-    assert [f["path"].rsplit("/", 1)[1] for f in files] == ["status", "stdout"]
+    assert [f["path"].rsplit("/", 1)[1] for f in files] == ["status", "stdout", "stderr"]
 
     status = _status(await run_syscall(k, "fs.read", {"path": f"/proc/{proc.pid}/status"}))
     assert status["pid"] == str(proc.pid) and status["name"] == "sleeper"

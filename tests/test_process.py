@@ -229,11 +229,12 @@ async def test_a_live_kernel_sharing_the_data_dir_is_not_marked_lost(settings: A
 
     async with Kernel(settings, backend_factory=scripted_factory()) as k1:
         p = await k1.spawn(sleeper, 30)
+        await asyncio.sleep(0)  # it starts running
         assert k1.table is not None
         db = sqlite3.connect(k1.table.path)
         db.execute("UPDATE boots SET os_pid=? WHERE boot=?", (os.getppid(), k1.table.boot))
         db.commit()
         async with Kernel(settings, backend_factory=scripted_factory()) as k2:
             rows = [r for r in k2.history() if r["boot"] == k1.table.boot]
-            assert [r["state"] for r in rows] == ["ready"]  # as written at spawn, not lost
+            assert [r["state"] for r in rows] == ["running"]  # as it is, not lost
         k1.signal(p.pid, Signal.KILL)

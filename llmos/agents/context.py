@@ -1,9 +1,12 @@
-"""What an agent program sees: `ctx.sys.<name>(...)` syscalls, its args, stdout, model."""
+"""What an agent program sees: `ctx.sys.<name>(...)` syscalls, its args, stdout and
+stderr, model, and whether it has been asked to terminate."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+
+from llmos.errors import ProcessKilled
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -49,14 +52,25 @@ class Context:
     def model(self) -> str | None:
         return self.process.model
 
+    @property
+    def terminating(self) -> bool:
+        """Whether the process was sent TERM: it should clean up and return soon."""
+        return self.process.terminating
+
     async def call(self, name: str, args: dict[str, Any]) -> Any:
-        """Dispatch a syscall by name (what `ctx.sys.<name>(...)` does)."""
+        """Dispatch a syscall by name (what `ctx.sys.<name>(...)` does).
+
+        A dead process (KILLed while its program still runs, e.g. one that caught the
+        cancellation) gets `ProcessKilled` from every syscall: it can no longer act."""
         proc = self.process
+        if not proc.alive:
+            raise ProcessKilled(f"pid {proc.pid} is dead: {proc.exit_reason or proc.exit_code}")
         proc.syscalls += 1
         limit = proc.budgets.max_syscalls
         if limit is not None and proc.syscalls > limit:
             self.kernel.over_budget(proc, f"max_syscalls {limit}")
             await asyncio.sleep(0)  # the KILL's cancellation lands here
+            raise ProcessKilled(f"pid {proc.pid} is dead: {proc.exit_reason}")
         return await self.kernel.syscalls.dispatch(self, name, args)
 
     def print(self, *parts: Any, sep: str = " ", end: str = "\n") -> None:
@@ -64,3 +78,10 @@ class Context:
 
     def write(self, text: str) -> None:
         self.process.stdout.write(text)
+
+    def eprint(self, *parts: Any, sep: str = " ", end: str = "\n") -> None:
+        """`print` to stderr (diagnostics, kept apart from the program's output)."""
+        self.process.stderr.write(sep.join(str(p) for p in parts) + end)
+
+    def write_err(self, text: str) -> None:
+        self.process.stderr.write(text)

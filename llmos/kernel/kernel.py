@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -53,6 +54,10 @@ class Kernel:
         self.programs: dict[str, Program] = {}  # named programs `proc.spawn` may start
         self.booted = False
         self.boot_time = time.time()
+        # Reaped processes kept in `procs` for `ps`/`wait`, oldest first; older ones live
+        # on in the SQLite table only, so a long-running daemon does not grow without bound.
+        self.keep_reaped = self.settings.keep_reaped
+        self._reaped: deque[int] = deque()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> Kernel:
@@ -108,9 +113,20 @@ class Kernel:
                 pass
 
     def _set_state(self, proc: Process, state: ProcessState) -> None:
-        if proc.state is not state:
-            proc.state = state
-            self._emit(proc, "state")
+        if proc.state is state or (state.alive and not proc.state.alive):
+            return  # the dead stay dead (a KILLed program may still be unwinding)
+        proc.state = state
+        if state is ProcessState.EXITED:
+            self._reap(proc)
+        self._emit(proc, "state")
+
+    def _reap(self, proc: Process) -> None:
+        self._reaped.append(proc.pid)
+        while len(self._reaped) > self.keep_reaped:
+            pid = self._reaped.popleft()
+            old = self.procs.get(pid)
+            if old is not None and old.state is ProcessState.EXITED:
+                del self.procs[pid]
 
     # -- processes ----------------------------------------------------------------------
     async def spawn(
@@ -143,6 +159,7 @@ class Kernel:
             args=args, parent=parent, nice=nice, model=model,
             caps=frozenset(DEFAULT_CAPS if caps is None else caps), budgets=limits,
             stdout=OutputStream(log_path=log_path), log_path=log_path,
+            stderr=OutputStream(log_path=log_path.with_suffix(".err.log")),
             program_ref=_program_ref(program),
         )  # fmt: skip
         self.procs[pid] = proc
@@ -162,7 +179,11 @@ class Kernel:
         from llmos.agents.context import Context
 
         ctx = Context(self, proc)
+        if not proc.alive:  # killed before its task first ran
+            return
         self._set_state(proc, ProcessState.RUNNING)
+        if self.table is not None:
+            self.table.mark(self.table.boot, proc.pid, ProcessState.RUNNING.value)
         code, reason = 0, "exit"
         timer = None
         if proc.budgets.wall_time_s is not None:
@@ -175,22 +196,31 @@ class Kernel:
             proc.result = result
             if isinstance(result, int) and not isinstance(result, bool):
                 code = result
-            if proc.exit_code == Signal.KILL.value:  # killed, but it returned before the
-                code, reason = -Signal.KILL.value, proc.exit_reason or "killed"  # cancel landed
         except asyncio.CancelledError:
-            code = -(proc.exit_code or Signal.TERM.value)
-            reason = proc.exit_reason or "terminated"
+            code = -Signal.TERM.value
+            reason = proc.term_reason or "terminated"
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except Exception as exc:
-            proc.error = traceback.format_exc()
-            proc.stdout.write(f"\n[pid {proc.pid} crashed: {type(exc).__name__}: {exc}]\n")
-            proc.stdout.write_log(proc.error)
+            if proc.alive:  # a KILLed program's unwinding errors are nobody's business
+                proc.error = traceback.format_exc()
+                line = f"\n[pid {proc.pid} crashed: {type(exc).__name__}: {exc}]\n"
+                proc.stdout.write(line)  # where it was always shown
+                proc.stdout.write_log(proc.error)
+                proc.stderr.write(line.lstrip("\n") + proc.error)
             code, reason = 1, "crashed"
         finally:
             if timer is not None:
                 timer.cancel()
             self._end_generations(proc)
+        self._finish(proc, code, reason)
+
+    def _finish(self, proc: Process, code: int, reason: str) -> None:
+        """End a process: exit status, state, orphans, streams, waiters, table. Once only:
+        a KILL ends the process here at once, before its task has finished unwinding."""
+        if proc._done.is_set():
+            return
+        self._end_generations(proc)
         proc.exit_code = code
         proc.exit_reason = reason
         proc.ended = time.time()
@@ -212,6 +242,8 @@ class Kernel:
 
             shutil.rmtree(proc.scratch, ignore_errors=True)
         proc.stdout.close()
+        proc.stderr.close()
+        proc._runnable.set()
         proc._done.set()
         if self.table is not None:
             self.table.upsert(proc)
@@ -225,6 +257,10 @@ class Kernel:
         return proc
 
     async def wait(self, pid: int) -> int:
+        if pid not in self.procs and self.table is not None:
+            row = self.table.row(pid)  # ended and dropped from memory (`keep_reaped`)
+            if row is not None and row["exit_code"] is not None:
+                return int(row["exit_code"])
         proc = self.get(pid)
         code = await proc.wait()
         if proc.state is ProcessState.ZOMBIE:
@@ -236,11 +272,17 @@ class Kernel:
         sig = Signal.parse(sig)
         if not proc.alive:
             return
-        if sig in (Signal.TERM, Signal.KILL):
-            proc.exit_code = sig.value
-            proc.exit_reason = reason or ("killed" if sig is Signal.KILL else "terminated")
-            if sig is Signal.KILL:
-                self._end_generations(proc)
+        if sig is Signal.KILL:
+            # Immediate: the process is dead now, whatever its program does with the
+            # cancellation; its later syscalls fail (`Context.call`).
+            self._finish(proc, -Signal.KILL.value, reason or "killed")
+            if proc.task is not None:
+                proc.task.cancel()
+        elif sig is Signal.TERM:
+            # Cooperative: the program sees CancelledError (or `ctx.terminating`) and may
+            # clean up; it exits with -15 unless it returns a code of its own.
+            proc.terminating = True
+            proc.term_reason = reason or "terminated"
             proc._runnable.set()
             if proc.task is not None:
                 proc.task.cancel()
@@ -249,6 +291,8 @@ class Kernel:
             for eng, sid in list(proc.generations):
                 eng.pause(sid)
             self._set_state(proc, ProcessState.STOPPED)
+            if self.table is not None:
+                self.table.mark(self.table.boot, proc.pid, proc.state.value)
         elif sig is Signal.CONT:
             proc._runnable.set()
             for eng, sid in list(proc.generations):
@@ -256,11 +300,15 @@ class Kernel:
             self._set_state(
                 proc, ProcessState.BLOCKED if proc.generations else ProcessState.RUNNING
             )
+            if self.table is not None:
+                self.table.mark(self.table.boot, proc.pid, ProcessState.RUNNING.value)
 
     def over_budget(self, proc: Process, what: str) -> None:
         """Kill a process that went over one of its budgets, saying which."""
         if proc.alive:
-            proc.stdout.write(f"\n[pid {proc.pid} killed: over budget: {what}]\n")
+            line = f"[pid {proc.pid} killed: over budget: {what}]\n"
+            proc.stdout.write("\n" + line)  # where it was always shown
+            proc.stderr.write(line)
             self.signal(proc.pid, Signal.KILL, reason=f"budget: {what}")
 
     def _named_program(self, name: str) -> Program:

@@ -46,7 +46,9 @@ class Signal(Enum):
 
 
 class OutputStream:
-    """A process's stdout: a bounded ring buffer in memory plus live subscribers."""
+    """A process's stdout or stderr: a bounded ring buffer in memory, the full text in a
+    log file on disk, and live subscribers. Writes after `close()` are dropped: a killed
+    program may still run until its cancellation lands, and must not reopen its log."""
 
     def __init__(self, max_chars: int = 1 << 20, log_path: Path | None = None) -> None:
         self.log_path = log_path  # every chunk is appended here too (opened on first write)
@@ -58,7 +60,7 @@ class OutputStream:
         self.closed = False
 
     def write(self, text: str) -> None:
-        if not text:
+        if not text or self.closed:
             return
         self.write_log(text)
         self._chunks.append(text)
@@ -70,7 +72,7 @@ class OutputStream:
 
     def write_log(self, text: str) -> None:
         """Append to the on-disk log only (a traceback, a transcript's details)."""
-        if self.log_path is None or not text:
+        if self.log_path is None or not text or self.closed:
             return
         if self._log is None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,7 @@ class Process:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     stdout: OutputStream = field(default_factory=OutputStream)
+    stderr: OutputStream = field(default_factory=OutputStream)  # crashes, kill reasons
     task: asyncio.Task[Any] | None = None
     result: Any = None
     error: str | None = None  # traceback of a crash
@@ -156,6 +159,8 @@ class Process:
     mailbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     scratch: Path | None = None  # sandboxed tools' working directory, removed at exit
     log_path: Path | None = None  # the full log on disk (stdout's ring buffer is bounded)
+    terminating: bool = False  # sent TERM: the program should clean up and return
+    term_reason: str | None = None
     _runnable: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -5,11 +5,14 @@ survives a restart. A row still marked alive when a kernel boots belonged to a k
 died: it is marked `lost` and can be restarted (if its program is a named one).
 
 Audit rows are buffered and written in batches: one syscall costs a list append, not a
-disk transaction. `flush()` runs on every process exit, on `audit_rows()` and at shutdown.
+disk transaction. `flush()` runs at 512 rows, on every process exit, on `audit_rows()`, at
+shutdown, and once the oldest buffered row is `AUDIT_MAX_AGE_S` old (when the next row
+comes, or from a timer on the running event loop), so a crash loses about a second of audit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -52,6 +55,7 @@ CREATE TABLE IF NOT EXISTS boots (boot INTEGER PRIMARY KEY, started REAL, os_pid
 """
 
 ALIVE_STATES = ("new", "ready", "running", "blocked", "stopped")
+AUDIT_MAX_AGE_S = 1.0
 
 
 class ProcTable:
@@ -66,6 +70,7 @@ class ProcTable:
         if "os_pid" not in cols:  # a table from before boots recorded their OS process
             self.db.execute("ALTER TABLE boots ADD COLUMN os_pid INTEGER")
         self._audit: list[tuple[Any, ...]] = []
+        self._audit_timer: asyncio.TimerHandle | None = None
         cur = self.db.execute(
             "INSERT INTO boots (started, os_pid) VALUES (?, ?)", (time.time(), os.getpid())
         )
@@ -105,6 +110,16 @@ class ProcTable:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
+    def row(self, pid: int) -> dict[str, Any] | None:
+        """This boot's row for `pid`, if any."""
+        cur = self.db.execute("SELECT * FROM procs WHERE boot=? AND pid=?", (self.boot, pid))
+        found = cur.fetchone()
+        return (
+            None
+            if found is None
+            else dict(zip([c[0] for c in cur.description], found, strict=True))
+        )
+
     def lost(self) -> list[dict[str, Any]]:
         return [r for r in self.history(limit=1_000_000) if r["state"] == "lost"]
 
@@ -113,14 +128,28 @@ class ProcTable:
 
     # -- audit --------------------------------------------------------------------------
     def audit(self, rec: AuditRecord) -> None:
-        self._audit.append(
-            (self.boot, time.time(), rec.pid, rec.name, rec.args_digest, rec.outcome,
-             rec.duration_s)
+        now = time.time()
+        rows = self._audit
+        rows.append(
+            (self.boot, now, rec.pid, rec.name, rec.args_digest, rec.outcome, rec.duration_s)
         )  # fmt: skip
-        if len(self._audit) >= 512:
+        if len(rows) == 1:
+            self._arm_timer()
+        elif len(rows) >= 512 or now - rows[0][1] >= AUDIT_MAX_AGE_S:
             self.flush()
 
+    def _arm_timer(self) -> None:
+        """Flush this batch within AUDIT_MAX_AGE_S even if no further syscall comes."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop: the next row or exit flushes
+            return
+        self._audit_timer = loop.call_later(AUDIT_MAX_AGE_S, self.flush)
+
     def flush(self) -> None:
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+            self._audit_timer = None
         if not self._audit:
             return
         rows, self._audit = self._audit, []

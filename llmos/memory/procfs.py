@@ -3,11 +3,13 @@
     /proc/<pid>/          one directory per process in the kernel's table
     /proc/<pid>/status    `key:<TAB>value` lines (name, state, nice, model, tokens, exit code...)
     /proc/<pid>/stdout    what the process printed (its in-memory buffer)
+    /proc/<pid>/stderr    its diagnostics: crash traceback, kill reasons (in-memory buffer)
 
 Nothing is stored: SQLite holds only the `/proc` directory itself, so the view can never go
 stale and a crash leaves nothing to clean up. `MemoryFS` asks its `proc` view (set by
 `memory_of(kernel)`) for any path below `/proc`; writes there fail as for every read-only
-path. `status` is readable by all; `stdout` only by the process itself (its name) and root.
+path. `status` is readable by all; `stdout` and `stderr` only by the process itself (its name)
+and root.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from llmos.memory.fs import Stat
 
 PROC = "/proc"
-FILES = {"status": 0o444, "stdout": 0o400}
+FILES = {"status": 0o444, "stdout": 0o400, "stderr": 0o400}
 
 
 def format_status(info: dict[str, Any], caps: Iterable[str] = ()) -> str:
@@ -77,7 +79,7 @@ class ProcView:
     def content(self, proc: Process, name: str) -> str:
         if name == "status":
             return format_status(proc.info(), proc.caps)
-        return proc.stdout.getvalue()
+        return (proc.stderr if name == "stderr" else proc.stdout).getvalue()
 
     def stat(self, path: str) -> Stat | None:
         from llmos.memory.fs import Stat

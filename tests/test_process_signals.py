@@ -1,0 +1,210 @@
+"""Processes: stderr, immediate KILL versus cooperative TERM, the table's live state,
+time-based audit flushes, and the bound on ended processes kept in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+
+from llmos.errors import NoSuchProcess, ProcessKilled
+from llmos.kernel.kernel import Kernel
+from llmos.kernel.process import ProcessState, Signal
+from llmos.kernel.proctable import AUDIT_MAX_AGE_S
+from llmos.memory.procfs import ProcView
+from tests.conftest import scripted_factory
+
+
+async def test_crash_and_budget_kill_go_to_stderr(scripted_kernel: Kernel) -> None:
+    k = scripted_kernel
+
+    async def bad(ctx: Any) -> None:
+        ctx.print("working")
+        ctx.eprint("warning: about to fail")
+        raise RuntimeError("agent bug")
+
+    p = await k.spawn(bad)
+    assert await k.wait(p.pid) == 1
+    err = p.stderr.getvalue()
+    assert err.startswith("warning: about to fail\n")
+    assert "Traceback" in err and "RuntimeError: agent bug" in err
+    assert "Traceback" not in p.stdout.getvalue() and "working" in p.stdout.getvalue()
+    assert p.message == "RuntimeError: agent bug"  # still shown where it was
+    assert p.stderr.log_path is not None and p.stderr.log_path != p.log_path
+    assert "RuntimeError: agent bug" in p.stderr.log_path.read_text()
+    assert ProcView.of_kernel(k).read(f"/proc/{p.pid}/stderr") == err
+
+    async def chatty(ctx: Any) -> None:
+        while True:
+            await ctx.sys.sys.echo(text="x")
+
+    q = await k.spawn(chatty, caps=["sys.echo"], budgets={"max_syscalls": 3})
+    assert await k.wait(q.pid) == -9
+    assert "over budget: max_syscalls 3" in q.stderr.getvalue()
+    assert "over budget: max_syscalls 3" in q.stdout.getvalue()
+
+
+async def test_kill_is_immediate_even_for_a_program_that_catches_cancellation(
+    scripted_kernel: Kernel,
+) -> None:
+    k = scripted_kernel
+    seen: list[str] = []
+
+    async def stubborn(ctx: Any) -> int:
+        while True:
+            try:
+                await ctx.sys.sys.echo(text="tick")
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                seen.append("cancelled")  # ignores it and goes on
+            except ProcessKilled as exc:
+                seen.append(f"dead: {exc}")
+                await asyncio.sleep(0.01)
+                if len(seen) > 5:
+                    return 0
+
+    p = await k.spawn(stubborn, caps=["sys.echo"])
+    await asyncio.sleep(0.03)
+    k.signal(p.pid, Signal.KILL, reason="stop it")
+    # Dead at once: exit status, state and waiters do not wait for the program.
+    assert not p.alive and p.exit_code == -9 and p.exit_reason == "stop it"
+    assert await asyncio.wait_for(k.wait(p.pid), 0.5) == -9
+    assert p.stdout.closed and p.stderr.closed and not p.generations
+    assert p.task is not None
+    await asyncio.wait_for(asyncio.shield(p.task), 2)
+    assert seen[0] == "cancelled" and seen[1].startswith("dead:")
+    assert p.exit_code == -9 and p.state is ProcessState.EXITED  # unchanged by its return
+    rows = [r for r in k.history() if r["pid"] == p.pid]
+    assert rows[0]["state"] == "exited" and rows[0]["exit_code"] == -9
+
+
+async def test_term_is_cooperative(scripted_kernel: Kernel) -> None:
+    k = scripted_kernel
+
+    async def tidy(ctx: Any) -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            assert ctx.terminating
+            assert ctx.process.alive and ctx.process.exit_code is None
+            await ctx.sys.sys.echo(text="still allowed")  # it may clean up with syscalls
+            ctx.print("cleaned up")
+            return 3
+        return 0
+
+    p = await k.spawn(tidy, caps=["sys.echo"])
+    await asyncio.sleep(0)
+    k.signal(p.pid, Signal.TERM)
+    assert p.alive and p.exit_code is None  # no exit status while it still runs
+    assert await k.wait(p.pid) == 3
+    assert "cleaned up" in p.stdout.getvalue()
+
+    async def polite(ctx: Any) -> int:
+        while not ctx.terminating:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass  # checks the flag instead
+        return 4
+
+    q = await k.spawn(polite)
+    await asyncio.sleep(0.02)
+    k.signal(q.pid, "TERM")
+    assert await k.wait(q.pid) == 4
+
+
+async def test_table_shows_running_and_stopped(scripted_kernel: Kernel) -> None:
+    k = scripted_kernel
+
+    async def sleeper(ctx: Any) -> None:
+        await asyncio.sleep(30)
+
+    p = await k.spawn(sleeper)
+
+    def state() -> str:
+        return next(r["state"] for r in k.history() if r["pid"] == p.pid)
+
+    assert state() == "ready"
+    await asyncio.sleep(0)
+    assert state() == "running"
+    k.signal(p.pid, Signal.STOP)
+    assert state() == "stopped"
+    k.signal(p.pid, Signal.CONT)
+    assert state() == "running"
+    k.signal(p.pid, Signal.KILL)
+    assert state() == "exited"
+
+
+def _disk_audit(k: Kernel) -> int:
+    assert k.table is not None
+    db = sqlite3.connect(k.table.path)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_audit_is_flushed_within_about_a_second(
+    scripted_kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    k = scripted_kernel
+    go = asyncio.Event()
+
+    async def busy(ctx: Any) -> None:
+        await ctx.sys.sys.echo(text="a")
+        await go.wait()
+        await ctx.sys.sys.echo(text="b")
+        await asyncio.sleep(30)
+
+    p = await k.spawn(busy, caps=["sys.echo"])
+    await asyncio.sleep(0.01)
+    assert _disk_audit(k) == 0  # buffered: one row costs no transaction
+    # A row arriving once the oldest buffered one is over a second old flushes both.
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + AUDIT_MAX_AGE_S + 0.1)
+    go.set()
+    await asyncio.sleep(0.01)
+    assert _disk_audit(k) == 2
+    monkeypatch.undo()
+    k.signal(p.pid, Signal.KILL)
+
+
+async def test_audit_timer_flushes_without_further_syscalls(
+    scripted_kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmos.kernel.proctable as pt
+
+    monkeypatch.setattr(pt, "AUDIT_MAX_AGE_S", 0.05)
+    k = scripted_kernel
+
+    async def once(ctx: Any) -> None:
+        await ctx.sys.sys.echo(text="a")
+        await asyncio.sleep(30)
+
+    p = await k.spawn(once, caps=["sys.echo"])
+    await asyncio.sleep(0.01)
+    assert _disk_audit(k) == 0
+    await asyncio.sleep(0.1)
+    assert _disk_audit(k) == 1
+    k.signal(p.pid, Signal.KILL)
+
+
+async def test_only_the_newest_reaped_processes_stay_in_memory(settings: Any) -> None:
+    async def quick(ctx: Any, i: int) -> int:
+        return i
+
+    settings = settings.model_copy(update={"keep_reaped": 3})
+    async with Kernel(settings, backend_factory=scripted_factory()) as k:
+        held = await k.spawn(lambda ctx: asyncio.sleep(30), name="held")
+        procs = [await k.spawn(quick, i) for i in range(10)]
+        await asyncio.gather(*(p.wait() for p in procs))
+        assert [p.exit_code for p in procs] == list(range(10))
+        assert sorted(k.procs) == [held.pid, *[p.pid for p in procs[-3:]]]
+        with pytest.raises(NoSuchProcess):
+            k.get(procs[0].pid)
+        assert len(k.history(limit=100)) == 11  # the rest remain in SQLite
+        assert await k.wait(procs[0].pid) == 0  # its exit status too
+        k.signal(held.pid, Signal.KILL)
