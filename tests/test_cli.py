@@ -139,3 +139,47 @@ def test_run_crashing_program(tmp_path: Path) -> None:
     r = _llmos("run", str(p))
     assert r.returncode == 1
     assert "RuntimeError: boom" in r.stderr
+
+
+def test_a_lost_process_is_listed_and_restarted(tmp_path: Path) -> None:
+    """A kernel killed mid-run leaves its process `lost`; `llmos restart` runs it again."""
+    import signal
+    import time
+
+    marker = tmp_path / "started"
+    prog = tmp_path / "long.py"
+    prog.write_text(
+        "import asyncio, pathlib\n"
+        "async def main(ctx, marker):\n"
+        "    m = pathlib.Path(marker)\n"
+        "    if m.exists():\n"
+        "        ctx.print('second run')\n"
+        "        return 0\n"
+        "    m.write_text('1')\n"
+        "    await asyncio.sleep(600)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "llmos", "run", str(prog), str(marker)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the program never started"
+    finally:
+        first.send_signal(signal.SIGKILL)  # the kernel dies without a word
+        first.wait()
+    listed = _llmos("history", "--lost", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [r for r in json.loads(listed.stdout) if r["name"] == "long"]
+    assert rows and rows[0]["state"] == "lost", listed.stdout
+    ref = f"{rows[0]['boot']}:{rows[0]['pid']}"
+    again = _llmos("restart", ref)
+    assert again.returncode == 0, again.stderr
+    assert "second run" in again.stdout
+    after = _llmos("history", "--json")
+    states = {(r["boot"], r["pid"]): r["state"] for r in json.loads(after.stdout)}
+    assert states[(rows[0]["boot"], rows[0]["pid"])] == "restarted"
+    assert "error: " in _llmos("restart", ref).stderr  # not lost any more: one clear line

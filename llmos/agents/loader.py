@@ -30,4 +30,5 @@ def load_program(path: str | Path) -> Program:
     main = ns.get("main")
     if main is None or not asyncio.iscoroutinefunction(main):
         raise ProgramError(f"{p}: a program must define `async def main(ctx, ...)`")
+    main.__llmos_file__ = str(p.resolve())  # what a restart loads again (`file:PATH:main`)
     return main  # type: ignore[no-any-return]

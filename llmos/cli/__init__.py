@@ -280,7 +280,56 @@ def run(
 
     async def go() -> int:
         async with Kernel(_settings()) as k:
+            k.syscalls.approver = terminal_approver()  # `ask` asks here; without a tty: deny
             proc = await k.spawn(main, *(args or []), name=program.stem, model=model)
+            return await stream_to_exit(k, proc)
+
+    code = run_async(go())
+    raise typer.Exit(code if 0 <= code < 256 else 1)
+
+
+@app.command()
+def history(
+    lost: Annotated[bool, typer.Option("--lost", help="only processes a dead kernel lost")] = False,
+    limit: Annotated[int, typer.Option("--limit")] = 30,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Processes of this and earlier kernels, newest first, from the SQLite process table."""
+    from llmos.kernel.proctable import ProcTable
+
+    table = ProcTable(_settings().data_dir / "kernel.db")  # marks what dead kernels lost
+    try:
+        rows = table.lost()[:limit] if lost else table.history(limit=limit)
+    finally:
+        table.close()
+    if as_json:
+        typer.echo(json.dumps(rows, default=str, indent=2))
+        return
+    typer.echo(f"{'BOOT:PID':>10}  {'STATE':<10} {'EXIT':>5}  {'NAME':<16} REASON")
+    for r in rows:
+        code = "" if r["exit_code"] is None else str(r["exit_code"])
+        ref = f"{r['boot']}:{r['pid']}"
+        typer.echo(
+            f"{ref:>10}  {r['state']:<10} {code:>5}  {r['name'][:16]:<16} {r['exit_reason'] or ''}"
+        )
+
+
+@app.command()
+def restart(
+    ref: Annotated[str, typer.Argument(help="BOOT:PID of a lost process (llmos history --lost)")],
+) -> None:
+    """Start again a process that a dead kernel lost, with its program, args and caps."""
+    from llmos.kernel.kernel import Kernel
+
+    boot_s, _, pid_s = ref.partition(":")
+    if not (boot_s.isdigit() and pid_s.isdigit()):
+        raise fail(f"expected BOOT:PID such as 3:12, got {ref!r}")
+
+    async def go() -> int:
+        async with Kernel(_settings()) as k:
+            k.syscalls.approver = terminal_approver()
+            proc = await k.restart_lost(int(boot_s), int(pid_s))
+            typer.echo(f"restarted {ref} as pid {proc.pid}", err=True)
             return await stream_to_exit(k, proc)
 
     code = run_async(go())

@@ -434,7 +434,8 @@ def _program_ref(program: Program) -> str | None:
     qual = getattr(program, "__qualname__", None)
     if not mod or not qual or "<" in qual:
         return None
-    return f"{mod}:{qual}"
+    path = getattr(program, "__llmos_file__", None)  # a program file (`llmos run FILE`)
+    return f"file:{path}:{qual}" if path else f"{mod}:{qual}"
 
 
 def _resolve_program(ref: str | None, named: dict[str, Program]) -> Program:
@@ -442,10 +443,14 @@ def _resolve_program(ref: str | None, named: dict[str, Program]) -> Program:
 
     if not ref or ":" not in ref:
         raise UserError(f"process program {ref!r} cannot be restarted")
-    mod, _, qual = ref.partition(":")
     for prog in named.values():
         if _program_ref(prog) == ref:
             return prog
+    if ref.startswith("file:"):
+        from llmos.agents.loader import load_program
+
+        return load_program(ref.removeprefix("file:").rpartition(":")[0])
+    mod, _, qual = ref.partition(":")
     try:
         obj: Any = importlib.import_module(mod)
         for part in qual.split("."):
