@@ -208,3 +208,27 @@ async def test_only_the_newest_reaped_processes_stay_in_memory(settings: Any) ->
         assert len(k.history(limit=100)) == 11  # the rest remain in SQLite
         assert await k.wait(procs[0].pid) == 0  # its exit status too
         k.signal(held.pid, Signal.KILL)
+
+
+async def test_shutdown_does_not_wait_forever_for_a_program_that_swallows_cancellation(
+    settings: Any,
+) -> None:
+    released = asyncio.Event()
+
+    async def stubborn(ctx: Any) -> int:
+        while not released.is_set():  # the test lets it go after shutdown returned
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue  # ignores every cancellation, makes no syscall
+        return 0
+
+    k = Kernel(settings, backend_factory=scripted_factory())
+    await k.start()
+    k.shutdown_grace_s = 0.2
+    p = await k.spawn(stubborn)
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(k.shutdown(), timeout=30)  # fails here if shutdown hangs
+    assert p.exit_code == -9 and not k.booted
+    released.set()  # so the test's own loop can close
+    await asyncio.sleep(0.05)

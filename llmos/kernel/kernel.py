@@ -57,6 +57,7 @@ class Kernel:
         # Reaped processes kept in `procs` for `ps`/`wait`, oldest first; older ones live
         # on in the SQLite table only, so a long-running daemon does not grow without bound.
         self.keep_reaped = self.settings.keep_reaped
+        self.shutdown_grace_s = 5.0  # how long shutdown waits for killed programs to unwind
         self._reaped: deque[int] = deque()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -87,8 +88,10 @@ class Kernel:
         for proc in list(self.procs.values()):
             if proc.alive:
                 self.signal(proc.pid, Signal.KILL, reason="kernel shutdown")
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # a program that swallows its cancellation can't hold the kernel
+            _, stubborn = await asyncio.wait(list(self._tasks), timeout=self.shutdown_grace_s)
+            for task in stubborn:
+                task.cancel()
         await asyncio.to_thread(self.models.close)
         memory = self.__dict__.pop("memory", None)  # the memory FS, if anything opened it
         if memory is not None:
