@@ -190,8 +190,10 @@ class Client(_Base):
     def wait(self, pid: int, timeout_s: float = 60.0) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/processes/{pid}/wait", params={"timeout_s": timeout_s}))
 
-    def logs(self, pid: int) -> str:
-        return str(self._call("GET", f"/v1/processes/{pid}/logs")["text"])
+    def logs(self, pid: int, stream: str = "stdout") -> str:
+        """A process's stdout, or its stderr (tracebacks, kill reasons) with stream="stderr"."""
+        params = {"stream": stream}
+        return str(self._call("GET", f"/v1/processes/{pid}/logs", params=params)["text"])
 
     def follow(self, pid: int) -> Iterator[str]:
         """A process's output as it is written, until it exits."""
@@ -318,8 +320,9 @@ class AsyncClient(_Base):
         params = {"timeout_s": timeout_s}
         return dict(await self._call("GET", f"/v1/processes/{pid}/wait", params=params))
 
-    async def logs(self, pid: int) -> str:
-        return str((await self._call("GET", f"/v1/processes/{pid}/logs"))["text"])
+    async def logs(self, pid: int, stream: str = "stdout") -> str:
+        params = {"stream": stream}
+        return str((await self._call("GET", f"/v1/processes/{pid}/logs", params=params))["text"])
 
     async def follow(self, pid: int) -> AsyncIterator[str]:
         async for line in self._lines("GET", f"/v1/processes/{pid}/logs", params={"follow": True}):

@@ -683,5 +683,7 @@ def test_a_failed_process_says_why_in_one_line(url: str, tmp_path: Path) -> None
         pid = c.spawn(path=str(prog))["pid"]
         info = c.wait(pid)
         assert info["exit_code"] == 1 and info["message"] == "ValueError: the sky fell"
+        err = c.logs(pid, stream="stderr")
+        assert "Traceback" in err and "ValueError: the sky fell" in err
         ok = c.spawn("chat", "hello")["pid"]
         assert c.wait(ok)["message"] is None

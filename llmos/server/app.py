@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -692,13 +692,16 @@ def _native_routes(app: FastAPI, api: Api) -> None:
         return proc.info()
 
     @app.get("/v1/processes/{pid}/logs", tags=["processes"], response_model=None, responses=STREAMS)
-    async def logs(pid: int, follow: bool = False) -> Any:
+    async def logs(
+        pid: int, follow: bool = False, stream: Literal["stdout", "stderr"] = "stdout"
+    ) -> Any:
         proc = k.get(pid)
+        out = proc.stderr if stream == "stderr" else proc.stdout
         if not follow:
-            return {"pid": pid, "text": proc.stdout.getvalue(), "state": proc.state.value}
+            return {"pid": pid, "text": out.getvalue(), "state": proc.state.value}
 
         async def events() -> AsyncIterator[bytes]:
-            async for text in proc.stdout.follow():
+            async for text in out.follow():
                 yield sse({"text": text})
             await proc.wait()
             yield sse(
