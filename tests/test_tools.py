@@ -25,11 +25,26 @@ def test_calc_arithmetic(expr: str, value: float) -> None:
 
 @pytest.mark.parametrize(
     "expr",
-    ["__import__('os').system('id')", "().__class__", "open('/etc/passwd')", "1/0", "9**9**9"],
+    [
+        "__import__('os').system('id')",
+        "().__class__",
+        "open('/etc/passwd')",
+        "1/0",
+        "9**9**9",
+        "((9**999)**999)**999",
+        "(9**999)*(9**999)*(9**999)*(9**999)",
+        "10.0**400",
+    ],
 )
 def test_calc_refuses_everything_else(expr: str) -> None:
     with pytest.raises(BadArguments):
         evaluate(expr)
+
+
+def test_calc_keeps_big_but_bounded_integers_exact() -> None:
+    assert evaluate("2**1000") == 2**1000
+    assert evaluate("(9**999)*(9**999)") == 9**1998
+    assert evaluate("(-1)**999") == -1 and evaluate("2**-2") == 0.25
 
 
 async def test_calc_pattern_is_validated_like_the_grammar(scripted_kernel: Kernel) -> None:

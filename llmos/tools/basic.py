@@ -30,6 +30,24 @@ _FUNCS: dict[str, Any] = {
 _CONSTS = {"pi": math.pi, "e": math.e}
 
 
+# Integers are exact and unbounded in Python: cap a result's size before computing it, so
+# `((9**999)**999)**999` is refused at once instead of freezing the kernel's event loop.
+MAX_RESULT_BITS = 10_000  # about 3,000 decimal digits
+
+
+def _check_size(op: ast.operator, left: Any, right: Any) -> None:
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return  # float arithmetic is bounded (it overflows, which calc reports)
+    if isinstance(op, ast.Pow) and right > 0 and abs(left) > 1:
+        bits = left.bit_length() * right
+    elif isinstance(op, ast.Mult):
+        bits = left.bit_length() + right.bit_length()
+    else:
+        return
+    if bits > MAX_RESULT_BITS:
+        raise BadArguments(f"calc: result too large (over {MAX_RESULT_BITS} bits)")
+
+
 def evaluate(expression: str) -> float | int:
     """Arithmetic through the AST: numbers, + - * / // % **, a few functions. No eval."""
     if len(expression) > 500:
@@ -52,6 +70,7 @@ def evaluate(expression: str) -> float | int:
             left, right = ev(node.left), ev(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > 1000:
                 raise BadArguments("calc: exponent too large")
+            _check_size(node.op, left, right)
             return _BIN[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](ev(node.operand))
