@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,8 @@ __all__ = [
     "specs_in",
     "syscall",
 ]
+
+log = logging.getLogger("llmos.syscalls")
 
 # Modules whose @syscall functions every kernel registers.
 BUILTIN_MODULES = (
@@ -34,5 +37,9 @@ def builtin_specs(extra: Iterable[Any] | None = None) -> list[SyscallSpec]:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="llmos.tools"):  # third-party tools plug in here
-        modules.append(ep.load())
+        try:
+            modules.append(ep.load())
+        except Exception as exc:  # a broken plug-in costs its own tools, not the kernel
+            name = getattr(ep, "name", ep)
+            log.warning("tool plug-in %s failed to load: %s: %s", name, type(exc).__name__, exc)
     return specs_in(modules)

@@ -43,6 +43,21 @@ def _grantable(parent: frozenset[str], cap: str) -> bool:
     return False
 
 
+def _child_name(parent: Any, program: str, name: str | None) -> str:
+    """A child's name is its identity in the memory FS (`/home/self`, file owner): only a
+    root parent may pick any name; others name children inside their own namespace."""
+    if "*" in parent.caps or "fs.*" in parent.caps:
+        return name or program
+    if name is None:
+        return f"{parent.name}.{program}"
+    if name == parent.name or name.startswith(f"{parent.name}."):
+        return name
+    raise PermissionDenied(
+        f"proc.spawn: a child of {parent.name!r} must be named {parent.name!r} or "
+        f"'{parent.name}.<something>', not {name!r}"
+    )
+
+
 @syscall("proc.spawn")
 async def spawn(
     ctx: Context,
@@ -78,7 +93,8 @@ async def spawn(
         if v is not None
     }
     child = await kernel.spawn(
-        kernel.programs[program], *(args or []), name=name or program, caps=granted,
+        kernel.programs[program], *(args or []), name=_child_name(me, program, name),
+        caps=granted,
         parent=me.pid, model=me.model, nice=me.nice, budgets=budgets,
     )  # fmt: skip
     return child.pid

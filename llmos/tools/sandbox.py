@@ -43,6 +43,7 @@ mount --rbind / /
 mount -o remount,bind,ro,X-mount.recursive /
 while [ "$1" != "--" ]; do
   [ -d "$1" ] && mount -t tmpfs -o size=4k,ro,mode=000 none "$1"
+  [ -f "$1" ] && mount --bind /dev/null "$1"
   shift
 done
 shift
@@ -191,13 +192,21 @@ def _limits(ctx: Context, timeout_s: float) -> Limits:
     return Limits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s) + 1))
 
 
+def _kernel_files(ctx: Context) -> list[Path]:
+    """What a sandboxed command must not see: the kernel's data dir and its config file
+    (which may hold the API key); a hidden file reads as empty."""
+    from llmos.config import config_file_path
+
+    return [ctx.kernel.settings.data_dir, config_file_path()]
+
+
 @syscall("shell.exec", risk="high")
 async def shell_exec(ctx: Context, command: str, timeout_s: float = 10.0) -> ExecResult:
     """Run a shell command in a sandbox (read-only filesystem but a scratch dir, rlimits,
     timeout, scrubbed environment). Needs approval."""
     return await run_sandboxed(
         ["sh", "-c", command], scratch=scratch_dir(ctx),
-        hidden=[ctx.kernel.settings.data_dir], limits=_limits(ctx, timeout_s),
+        hidden=_kernel_files(ctx), limits=_limits(ctx, timeout_s),
     )  # fmt: skip
 
 
@@ -206,5 +215,5 @@ async def python_exec(ctx: Context, code: str, timeout_s: float = 10.0) -> ExecR
     """Run Python code in the same sandbox as shell.exec. Needs approval."""
     return await run_sandboxed(
         [sys.executable, "-I", "-c", code], scratch=scratch_dir(ctx),
-        hidden=[ctx.kernel.settings.data_dir], limits=_limits(ctx, timeout_s),
+        hidden=_kernel_files(ctx), limits=_limits(ctx, timeout_s),
     )  # fmt: skip

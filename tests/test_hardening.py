@@ -1,0 +1,105 @@
+"""Holes closed after review: identity through child names, the sandbox and the config file,
+and plug-ins that fail to load."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from llmos.errors import PermissionDenied
+from llmos.kernel.kernel import Kernel
+
+
+async def quiet(ctx: Any) -> int:
+    await asyncio.sleep(0)
+    return 0
+
+
+async def test_a_child_cannot_take_another_agents_name(scripted_kernel: Kernel) -> None:
+    """A child's name is its /home/self: a non-root parent names children in its namespace."""
+    k = scripted_kernel
+    k.programs["quiet"] = quiet
+
+    async def parent(ctx: Any) -> Any:
+        default = await ctx.sys.proc.spawn(program="quiet")
+        own = await ctx.sys.proc.spawn(program="quiet", name="bob.helper")
+        try:
+            await ctx.sys.proc.spawn(program="quiet", name="alice")
+            spoofed = "allowed"
+        except PermissionDenied as exc:
+            spoofed = str(exc)
+        return [k.get(default).name, k.get(own).name, spoofed]
+
+    p = await k.spawn(parent, name="bob", caps=["proc.*", "fs.read:/home/self/**"])
+    assert await k.wait(p.pid) == 0, p.error
+    default, own, spoofed = p.result
+    assert default == "bob.quiet" and own == "bob.helper"
+    assert "must be named 'bob'" in spoofed
+
+    async def root(ctx: Any) -> str:
+        child = await ctx.sys.proc.spawn(program="quiet", name="alice")
+        return k.get(child).name
+
+    r = await k.spawn(root, name="init", caps=["*"])
+    assert await k.wait(r.pid) == 0, r.error
+    assert r.result == "alice"
+
+
+async def test_the_sandbox_cannot_read_the_config_file(scripted_kernel: Kernel) -> None:
+    import os
+    from pathlib import Path
+
+    from llmos.tools.sandbox import namespaces_available
+
+    if not namespaces_available():
+        pytest.fail("the sandbox needs unprivileged user namespaces on this machine")
+    cfg = Path(os.environ["LLMOS_CONFIG"])
+    _write(cfg, 'api_key = "sekret-123"\n')
+
+    async def allow(ctx: Any, spec: Any, values: Any) -> bool:
+        return True
+
+    scripted_kernel.syscalls.approver = allow
+
+    async def prog(ctx: Any) -> Any:
+        return await ctx.sys.shell.exec(command=f"cat {cfg}; echo done")
+
+    p = await scripted_kernel.spawn(prog, caps=["shell.exec"])
+    assert await scripted_kernel.wait(p.pid) == 0, p.error
+    assert "done" in p.result.stdout  # the command ran
+    assert "sekret" not in p.result.stdout + p.result.stderr
+    assert "sekret" in _read(cfg)  # still there for the kernel
+
+
+def _write(path: Any, text: str) -> None:
+    path.write_text(text)
+
+
+def _read(path: Any) -> str:
+    return str(path.read_text())
+
+
+async def test_a_broken_plugin_does_not_stop_the_kernel(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import importlib.metadata as md
+
+    from tests.conftest import scripted_factory
+
+    class Broken:
+        name = "broken_tools"
+
+        def load(self) -> Any:
+            raise ImportError("No module named 'missing_dependency'")
+
+    real = md.entry_points
+    monkeypatch.setattr(
+        md,
+        "entry_points",
+        lambda **kw: [Broken()] if kw.get("group") == "llmos.tools" else real(**kw),
+    )
+    async with Kernel(settings, backend_factory=scripted_factory()) as k:
+        assert "calc" in k.syscalls.names()  # the built-ins are all there
+    assert "broken_tools" in caplog.text and "missing_dependency" in caplog.text
