@@ -623,8 +623,10 @@ def test_generic_syscall_endpoint_runs_each_call_in_a_process(
 ) -> None:
     """POST /v1/syscalls/{name}: the syscall's own capability, a process of its own."""
     kernel = server[1].state.api.kernel
-    names = [s["name"] for s in httpx.get(f"{url}/v1/syscalls").json()["data"]]
-    assert "calc" in names and "proc.ps" in names
+    listed = {s["name"]: s for s in httpx.get(f"{url}/v1/syscalls").json()["data"]}
+    assert "calc" in listed and "proc.ps" in listed
+    assert listed["calc"]["args"]["required"] == ["expression"]
+    assert listed["time.now"]["result"] == {"type": "string"}
     before = set(kernel.procs)
     r = httpx.post(f"{url}/v1/syscalls/calc", json={"args": {"expression": "17*23"}})
     assert r.status_code == 200 and r.json() == {"name": "calc", "result": 391}

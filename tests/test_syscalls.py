@@ -191,3 +191,24 @@ class NoProcesses:
         from llmos.errors import NoSuchProcess
 
         raise NoSuchProcess(f"no process {pid}")
+
+
+async def test_results_are_typed_by_the_handlers_annotation(scripted_kernel: Kernel) -> None:
+    from llmos.syscalls.table import syscall
+
+    @syscall("test.liar")
+    async def liar(ctx: Any, n: int) -> int:
+        """Claims an int, returns text when n is odd."""
+        return n if n % 2 == 0 else "odd"  # type: ignore[return-value]
+
+    spec = liar.__syscall__  # type: ignore[attr-defined]
+    scripted_kernel.syscalls.register(spec)
+    assert "-> int" in spec.help() and spec.result_schema() == {"type": "integer"}
+    assert await call_as(scripted_kernel, ["test.liar"], "test.liar", {"n": 2}) == ("ok", 2)
+    assert await call_as(scripted_kernel, ["test.liar"], "test.liar", {"n": 3}) == (
+        "err",
+        "tool_failed",
+    )
+    # Every built-in declares what it returns, and help shows it.
+    untyped = [s.name for s in scripted_kernel.syscalls.specs.values() if s.result is Any]
+    assert untyped == [], untyped

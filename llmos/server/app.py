@@ -782,7 +782,8 @@ def _usage_chunk(chunk: dict[str, Any], gen: Any) -> dict[str, Any]:
 def _spec_info(spec: Any) -> dict[str, Any]:
     return {
         "name": spec.name, "signature": spec.signature(), "capability": spec.capability,
-        "risk": str(spec.risk), "doc": spec.doc,
+        "risk": str(spec.risk), "doc": spec.doc, "args": spec.schema(),
+        "result": spec.result_schema(),
     }  # fmt: skip
 
 

@@ -16,9 +16,10 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from llmos.errors import (
     ApprovalDenied,
@@ -44,9 +45,31 @@ class SyscallSpec:
     capability: str
     risk: Risk
     doc: str
+    result: Any = Any  # the handler's return annotation: help shows it, dispatch checks it
+
+    @cached_property
+    def _result_adapter(self) -> TypeAdapter[Any] | None:
+        return None if self.result is Any else TypeAdapter(self.result)
 
     def schema(self) -> dict[str, Any]:
         return self.args_model.model_json_schema()
+
+    def result_schema(self) -> dict[str, Any]:
+        adapter = self._result_adapter
+        return {} if adapter is None else adapter.json_schema()
+
+    def check_result(self, value: Any) -> None:
+        """Raise ToolFailed when a handler returns something other than its declared type."""
+        adapter = self._result_adapter
+        if adapter is None:
+            return
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            raise ToolFailed(
+                f"{self.name} returned {type(value).__name__}, not {_type_name(self.result)}: "
+                f"{exc.errors()[0]['msg']}"
+            ) from None
 
     def signature(self) -> str:
         parts = []
@@ -58,7 +81,14 @@ class SyscallSpec:
         return f"{self.name}({', '.join(parts)})"
 
     def help(self) -> str:
-        return f"{self.signature()}  [cap {self.capability}, risk {self.risk}]\n  {self.doc}"
+        returns = "" if self.result is Any else f" -> {_type_name(self.result)}"
+        return (
+            f"{self.signature()}{returns}  [cap {self.capability}, risk {self.risk}]\n  {self.doc}"
+        )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def syscall(
@@ -81,7 +111,8 @@ def syscall(
             "Args_" + name.replace(".", "_"), __config__=ConfigDict(extra="forbid"), **fields
         )
         doc = inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-        spec = SyscallSpec(name, fn, model, capability or name, risk, doc)
+        result = hints.get("return", Any)
+        spec = SyscallSpec(name, fn, model, capability or name, risk, doc, result)
         fn.__syscall__ = spec  # type: ignore[attr-defined]
         return fn
 
@@ -182,7 +213,9 @@ class SyscallTable:
                 raise ApprovalDenied(f"{name} needs approval and was not approved")
             await ctx.process.wait_runnable()
             try:
-                return await spec.handler(ctx, **values)
+                value = await spec.handler(ctx, **values)
+                spec.check_result(value)
+                return value
             except (SyscallError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a tool bug is the caller's observation, not a crash
