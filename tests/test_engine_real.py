@@ -92,10 +92,12 @@ async def solo_all(
 
 
 async def test_answers_from_the_real_model(engine: EngineCore) -> None:
-    gen = engine.generate(chat_tokens(engine.backend, "What is the capital of France?"), GREEDY)  # type: ignore[arg-type]
+    # A question this 135M model answers firmly: "capital of France" sits on a near-tie that
+    # another CPU's kernels tip away from "Paris".
+    gen = engine.generate(chat_tokens(engine.backend, "What is the capital of Japan?"), GREEDY)  # type: ignore[arg-type]
     chunks = [c async for c in gen]
     assert len(chunks) > 3  # streamed, not one blob
-    assert "Paris" in gen.text
+    assert "Tokyo" in gen.text
     assert gen.reason in ("stop", "length")
     assert gen.stats.ttft is not None and gen.stats.generated == len(gen.tokens)
 
