@@ -103,3 +103,41 @@ async def test_a_broken_plugin_does_not_stop_the_kernel(
     async with Kernel(settings, backend_factory=scripted_factory()) as k:
         assert "calc" in k.syscalls.names()  # the built-ins are all there
     assert "broken_tools" in caplog.text and "missing_dependency" in caplog.text
+
+
+async def test_the_sandbox_cannot_read_the_llmos_config_dir(
+    scripted_kernel: Kernel, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the live config file: an old copy or editor backup in llmos's config dir."""
+    from llmos.tools.sandbox import namespaces_available
+
+    if not namespaces_available():
+        pytest.fail("the sandbox needs unprivileged user namespaces on this machine")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    backup = tmp_path / "xdg" / "llmos" / "config.toml~"
+    backup.parent.mkdir(parents=True)
+    _write(backup, 'api_key = "old-sekret"\n')
+
+    async def allow(ctx: Any, spec: Any, values: Any) -> bool:
+        return True
+
+    scripted_kernel.syscalls.approver = allow
+
+    async def prog(ctx: Any) -> Any:
+        return await ctx.sys.shell.exec(command=f"cat '{backup}'; echo done")
+
+    p = await scripted_kernel.spawn(prog, caps=["shell.exec"])
+    assert await scripted_kernel.wait(p.pid) == 0, p.error
+    assert "done" in p.result.stdout
+    assert "sekret" not in p.result.stdout + p.result.stderr
+    assert "sekret" in _read(backup)
+
+
+@pytest.mark.parametrize("expression", ["1e308*10", "1e308+1e308", "-(1e308*10)", "1e999"])
+def test_calc_refuses_a_float_overflow(expression: str) -> None:
+    from llmos.errors import BadArguments
+    from llmos.tools.basic import evaluate
+
+    with pytest.raises(BadArguments, match="overflows a float"):
+        evaluate(expression)
+    assert evaluate("1.5**2") == 2.25 and evaluate("17*23") == 391 and evaluate("2**10") == 1024

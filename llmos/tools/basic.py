@@ -85,11 +85,14 @@ def evaluate(expression: str) -> float | int:
         raise BadArguments(f"calc: unsupported element {type(node).__name__}")
 
     try:
-        return ev(tree)  # type: ignore[no-any-return]
+        result = ev(tree)
     except ZeroDivisionError:
         raise BadArguments("calc: division by zero") from None
     except (OverflowError, ValueError) as exc:
         raise BadArguments(f"calc: {exc}") from None
+    if isinstance(result, float) and not math.isfinite(result):  # 1e308*10 is inf, silently
+        raise BadArguments("calc: result overflows a float (or is not a number)")
+    return result  # type: ignore[no-any-return]
 
 
 # The pattern is part of the schema, so it is also the grammar a model's call is held to:

@@ -193,11 +193,15 @@ def _limits(ctx: Context, timeout_s: float) -> Limits:
 
 
 def _kernel_files(ctx: Context) -> list[Path]:
-    """What a sandboxed command must not see: the kernel's data dir and its config file
-    (which may hold the API key); a hidden file reads as empty."""
+    """What a sandboxed command must not see: the kernel's data dir, its config file (which
+    may hold the API key) and llmos's own config dir (older copies, editor backups). A hidden
+    file reads as empty, a hidden dir as an unreadable empty one. The file is hidden by itself
+    because `LLMOS_CONFIG` may put it in a directory the sandbox still needs (home, a project)."""
+    from platformdirs import user_config_dir
+
     from llmos.config import config_file_path
 
-    return [ctx.kernel.settings.data_dir, config_file_path()]
+    return [ctx.kernel.settings.data_dir, Path(user_config_dir("llmos")), config_file_path()]
 
 
 @syscall("shell.exec", risk="high")
