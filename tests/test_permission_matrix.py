@@ -79,3 +79,58 @@ async def test_every_syscall_is_denied_without_its_capability(scripted_kernel: K
     k.table.flush()
     kinds = {r["outcome"] for r in k.table.audit_rows()}
     assert {"permission_denied", "approval_denied"} <= kinds
+
+
+PATH_ARGS = ("path", "src", "dst")
+GRANTED, ELSEWHERE = "/tmp/pm", "/home/someone-else/pm"
+
+
+async def outcome_of(k: Kernel, caps: list[str], name: str, args: dict[str, Any]) -> str:
+    """Like `outcome`, but a refusal says whether it was the grant or something else."""
+
+    async def prog(ctx: Any) -> str:
+        try:
+            await ctx.call(name, args)
+            return "ok"
+        except SyscallError as exc:
+            return exc.kind + (":grant" if " may not " in str(exc) else "")
+
+    p = await k.spawn(prog, caps=caps)
+    await k.wait(p.pid)
+    assert p.error is None, p.error
+    return str(p.result)
+
+
+async def test_fs_grants_are_scoped_to_their_paths(scripted_kernel: Kernel) -> None:
+    """Every fs.* syscall: a grant on /tmp/** admits /tmp and refuses any other path, for
+    each path argument (mv/cp check both ends)."""
+    k = scripted_kernel
+    specs = sorted(
+        (s for s in k.syscalls.specs.values() if s.name.startswith("fs.")), key=lambda s: s.name
+    )
+    assert {"fs.read", "fs.write", "fs.ls", "fs.mv", "fs.cp"} <= {s.name for s in specs}
+    caps = ["fs.read:/tmp/**", "fs.write:/tmp/**"]
+    wrong: list[str] = []
+    for spec in specs:
+        base = minimal_args(spec)
+        paths = [a for a in PATH_ARGS if a in spec.args_model.model_fields]
+        if not paths:  # e.g. fs.fsck: no path to scope, the matrix above covers it
+            continue
+        inside = {**base, **{a: f"{GRANTED}/{a}" for a in paths}}
+        for a in paths:  # one end outside the grant is enough to refuse
+            got = await outcome_of(k, caps, spec.name, {**inside, a: f"{ELSEWHERE}/{a}"})
+            if got != "permission_denied:grant":
+                wrong.append(f"{spec.name} {a} outside: {got}")
+        if spec.name == "fs.search":
+            continue  # inside the grant it would embed: the refusal side is what matters
+        got = await outcome_of(k, caps, spec.name, inside)
+        if got.endswith(":grant"):
+            wrong.append(f"{spec.name} inside: {got}")
+    # A read grant is not a write grant, even on the same path.
+    read_only = caps[:1]
+    assert not (await outcome_of(k, read_only, "fs.read", {"path": "/tmp/x"})).startswith(
+        "permission_denied"
+    )
+    got = await outcome_of(k, read_only, "fs.write", {"path": "/tmp/x", "content": "c"})
+    assert got.startswith("permission_denied"), got
+    assert not wrong, wrong

@@ -122,7 +122,7 @@ async def test_audit_rows_in_sqlite(scripted_kernel: Kernel) -> None:
 def test_schema_help_and_grammar_share_one_definition() -> None:
     from llmos.tools.basic import calc
 
-    spec = calc.__syscall__
+    spec = calc.__syscall__  # type: ignore[attr-defined]
     schema = spec.schema()
     assert schema["properties"]["expression"]["pattern"].startswith("^[0-9(-]")
     assert "calc(expression: str)" in spec.help()
@@ -166,8 +166,11 @@ def test_fuzzed_arguments_give_typed_errors(name: str, args: Any) -> None:
         for spec in builtin_specs():
             table.register(spec)
 
+    async def idle(ctx: Any) -> None:
+        return None
+
     async def go() -> None:
-        proc = Process(pid=1, name="fuzz", program=lambda ctx: None, caps=frozenset({"*"}))
+        proc = Process(pid=1, name="fuzz", program=idle, caps=frozenset({"*"}))
         ctx = Context(NoProcesses(), proc)  # type: ignore[arg-type]
         try:
             result = await table.dispatch(ctx, name, args)
@@ -212,3 +215,27 @@ async def test_results_are_typed_by_the_handlers_annotation(scripted_kernel: Ker
     # Every built-in declares what it returns, and help shows it.
     untyped = [s.name for s in scripted_kernel.syscalls.specs.values() if s.result is Any]
     assert untyped == [], untyped
+
+
+def test_result_schema_in_help_and_describe_and_unresolvable_hints() -> None:
+    from llmos.syscalls.table import syscall
+
+    @syscall("test.pair")
+    async def pair(ctx: Any, a: int) -> dict[str, int]:
+        """Returns a mapping."""
+        return {"a": a}
+
+    spec = pair.__syscall__  # type: ignore[attr-defined]
+    want = {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert spec.describe()["result"] == want and spec.describe()["args"] == spec.schema()
+    assert 'returns {"additionalProperties":{"type":"integer"},"type":"object"}' in spec.help()
+
+    @syscall("test.ghost")
+    async def ghost(ctx: Any, a: int) -> NoSuchTypeAnywhere:  # type: ignore[name-defined]  # noqa: F821
+        """A return annotation that names nothing: Any, not a registration crash."""
+        return a
+
+    spec = ghost.__syscall__  # type: ignore[attr-defined]
+    assert spec.result is Any and spec.result_schema() == {}
+    assert spec.args_model.model_validate({"a": "3"}).a == 3  # `a` still resolved
+    spec.check_result(object())  # Any: not checked

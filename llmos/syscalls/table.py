@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
+import types
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,14 +51,35 @@ class SyscallSpec:
 
     @cached_property
     def _result_adapter(self) -> TypeAdapter[Any] | None:
-        return None if self.result is Any else TypeAdapter(self.result)
+        if self.result is Any:
+            return None
+        try:
+            return TypeAdapter(self.result)
+        except Exception:  # a type pydantic can't describe: shown in help, not checked
+            return None
 
     def schema(self) -> dict[str, Any]:
         return self.args_model.model_json_schema()
 
     def result_schema(self) -> dict[str, Any]:
         adapter = self._result_adapter
-        return {} if adapter is None else adapter.json_schema()
+        if adapter is None:
+            return {}
+        try:
+            return adapter.json_schema()
+        except Exception:  # validatable but not expressible as JSON schema
+            return {}
+
+    def describe(self) -> dict[str, Any]:
+        """The whole definition as data: what a tool listing or `help` shows."""
+        return {
+            "name": self.name,
+            "doc": self.doc,
+            "capability": self.capability,
+            "risk": self.risk,
+            "args": self.schema(),
+            "result": self.result_schema(),
+        }
 
     def check_result(self, value: Any) -> None:
         """Raise ToolFailed when a handler returns something other than its declared type."""
@@ -82,13 +105,33 @@ class SyscallSpec:
 
     def help(self) -> str:
         returns = "" if self.result is Any else f" -> {_type_name(self.result)}"
-        return (
+        text = (
             f"{self.signature()}{returns}  [cap {self.capability}, risk {self.risk}]\n  {self.doc}"
         )
+        if result := self.result_schema():
+            text += "\n  returns " + json.dumps(result, separators=(",", ":"))
+        return text
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _hints(fn: Handler) -> dict[str, Any]:
+    """The handler's resolved annotations; one that can't be resolved (a name that exists
+    only under TYPE_CHECKING, say) counts as Any rather than failing the registration."""
+    try:
+        return get_type_hints(fn, include_extras=True)  # keep Field(...) constraints
+    except Exception:
+        pass
+    out: dict[str, Any] = {}
+    for key, ann in getattr(fn, "__annotations__", {}).items():
+        probe = types.SimpleNamespace(__annotations__={key: ann})
+        try:
+            out[key] = get_type_hints(probe, fn.__globals__, include_extras=True)[key]
+        except Exception:
+            out[key] = Any
+    return out
 
 
 def syscall(
@@ -99,7 +142,7 @@ def syscall(
     def wrap(fn: Handler) -> Handler:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"syscall {name} must be an async function")
-        hints = get_type_hints(fn, include_extras=True)  # keep Field(...) constraints
+        hints = _hints(fn)
         params = list(inspect.signature(fn).parameters.values())[1:]
         fields: dict[str, Any] = {}
         for p in params:
