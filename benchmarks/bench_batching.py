@@ -63,7 +63,7 @@ def _no_eos(llm: object) -> dict[int, float]:
 async def ours(n: int) -> tuple[float, dict[str, object]]:
     core = engine(n_slots=8)
     try:
-        await core.generate(chat_prompt("warm up"), SamplingParams(max_tokens=8)).result()
+        await core.generate(chat_prompt("warm up"), params(8)).result()  # the same settings
         core.prefix_min = 10**9  # every request evaluates its own prompt, as the baseline does
         t0 = time.perf_counter()
         gens = [core.generate(chat_prompt(q), params(n)) for q in QUESTIONS]

@@ -1,12 +1,14 @@
 """Scheduler and engine policy on the scripted backend, with an injected clock.
 
-Each test drives `EngineCore.step()` by hand: no thread, no model, fully deterministic.
+Each test drives `EngineCore.step()` by hand: no thread, no model, fully deterministic
+(one test runs the engine thread, to see how a burst of requests is gathered).
 The scripted model's next token is a pure function of the sequence's KV content, so an
 output that matches a solo run proves nothing was lost or recomputed across swaps.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,3 +319,22 @@ def test_renice_changes_the_order() -> None:
     for _ in range(20):
         core.step()
     assert len(out_b.chunks) > len(out_a.chunks)
+
+
+def test_a_burst_of_requests_on_an_idle_engine_is_prefilled_in_one_batch() -> None:
+    backend = ScriptedBackend(n_slots=4, responder=lambda c: "ok")
+    # Wide margins: requests 50 ms apart still count as one burst here (1 ms by default).
+    core = EngineCore(backend, coalesce_s=2.0, burst_gap_s=0.5)
+    core.start()
+    try:
+        outs = []
+        for i in range(3):
+            outs.append(submit(core, f"prompt {i}", 4)[1])
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not all(o.done for o in outs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(o.done for o in outs)
+        assert len(backend.batches[0]) == 3, backend.batches[:3]  # all three prompts at once
+    finally:
+        core.close()

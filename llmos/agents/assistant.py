@@ -60,9 +60,7 @@ def system_prompt(core: dict[str, str], summary: str) -> str:
     return "\n\n".join(parts)
 
 
-_turn_locks: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
+_turn_locks: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
 
 
 def agent_turn(kernel: Any, agent: str) -> asyncio.Lock:

@@ -232,6 +232,8 @@ class EngineCore:
         seq_ctx_max: int | None = None,
         prefix_min_tokens: int = 32,
         max_tokens_default: int = 512,
+        coalesce_s: float = 0.003,
+        burst_gap_s: float = 0.001,
         clock: Clock = time.monotonic,
     ) -> None:
         self.backend = backend
@@ -242,6 +244,8 @@ class EngineCore:
         self.seq_ctx_max = min(seq_ctx_max or backend.n_ctx, self.kv_budget, backend.n_ctx_seq)
         self.prefix_min = prefix_min_tokens
         self.max_tokens_default = max_tokens_default
+        self.coalesce_s = coalesce_s
+        self.burst_gap_s = burst_gap_s
         self.clock = clock
         self.stats = EngineStats()
         self.seqs: dict[int, Sequence] = {}
@@ -378,10 +382,13 @@ class EngineCore:
     def _run(self) -> None:
         while True:
             with self._cv:
+                idle = not self._has_work()
                 while not self._stopping and not self._commands and not self._has_work():
                     self._cv.wait()
                 if self._stopping:
                     return
+                if idle:
+                    self._gather_burst()
             try:
                 self.step()
             except Exception as exc:  # a backend failure fails the live sequences, not the kernel
@@ -389,6 +396,18 @@ class EngineCore:
                 for seq in list(self.seqs.values()):
                     self._finish(seq, "error", exc)
                 self._flush()
+
+    def _gather_burst(self) -> None:
+        """Woken from idle: requests usually come in bursts (a parent spawning workers, a
+        client's parallel calls), so wait while more keep arriving, `burst_gap_s` apart and
+        `coalesce_s` in all, and prefill them in one batch instead of the first alone."""
+        deadline = time.monotonic() + self.coalesce_s
+        seen = len(self._commands)
+        while (left := deadline - time.monotonic()) > 0:
+            self._cv.wait(min(left, self.burst_gap_s))
+            if len(self._commands) == seen or self._stopping:
+                return
+            seen = len(self._commands)
 
     # -- the step -----------------------------------------------------------------------
     def step(self) -> int:
