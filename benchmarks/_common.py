@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +119,15 @@ def alternate(
         for name, (fn, args) in sides.items():
             out[name].append(isolated(fn, *args))
     return out
+
+
+def fmt_runs(xs: list[float]) -> str:
+    return " ".join(f"{x:.1f}" for x in xs)
+
+
+def paired(ours: list[float], theirs: list[float]) -> str:
+    """The median of the per-turn ratios, with each: the two runs of one turn ran minutes
+    apart at most, so the machine's drift cancels better than in a ratio of medians."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    each = " ".join(f"{r:.2f}" for r in ratios)
+    return f"paired per turn {statistics.median(ratios):.2f}x ({each})"

@@ -28,8 +28,10 @@ from _common import (
     chat_prompt,
     engine,
     flash_attn,
+    fmt_runs,
     llama_baseline,
     model_path,
+    paired,
     threads,
 )
 
@@ -132,16 +134,17 @@ def main() -> None:
         f"threads={threads()} requests=8 new_tokens={a.tokens} flash_attn={flash_attn()} "
         f"({a.turns} runs per side taking turns, median)"
     )
-    print(f"baseline Llama sequential : {med['base']:7.1f} tok/s   runs {_fmt(runs['base'])}")
+    print(f"baseline Llama sequential : {med['base']:7.1f} tok/s   runs {fmt_runs(runs['base'])}")
     print(
-        f"llmos 8 processes batched : {med['ours']:7.1f} tok/s   runs {_fmt(runs['ours'])}"
+        f"llmos 8 processes batched : {med['ours']:7.1f} tok/s   runs {fmt_runs(runs['ours'])}"
         f"   ratio {med['ours'] / med['base']:.2f}x (target >= 1.9x)"
     )
     if a.llama_server:
         print(
-            f"peer llama-server -np 8   : {med['peer']:7.1f} tok/s   runs {_fmt(runs['peer'])}"
+            f"peer llama-server -np 8   : {med['peer']:7.1f} tok/s   runs {fmt_runs(runs['peer'])}"
             f"   llmos/peer {med['ours'] / med['peer']:.2f}x (target >= 1.0x); "
-            f"peer/baseline {med['peer'] / med['base']:.2f}x"
+            f"peer/baseline {med['peer'] / med['base']:.2f}x\n"
+            f"llmos/peer {paired(runs['ours'], runs['peer'])}"
         )
     else:
         print("peer llama-server -np 8   : skipped (no --llama-server PATH)")
@@ -149,10 +152,6 @@ def main() -> None:
 
 def ours_rate(n: int) -> float:
     return ours_sync(n)[0]
-
-
-def _fmt(xs: list[float]) -> str:
-    return " ".join(f"{x:.1f}" for x in xs)
 
 
 if __name__ == "__main__":

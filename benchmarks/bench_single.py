@@ -15,7 +15,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import QUESTIONS, alternate, chat_prompt, engine, flash_attn, llama_baseline
+from _common import (
+    QUESTIONS,
+    alternate,
+    chat_prompt,
+    engine,
+    flash_attn,
+    fmt_runs,
+    llama_baseline,
+    paired,
+)
 
 from llmos.kernel.sampling import SamplingParams
 
@@ -73,15 +82,11 @@ def main() -> None:
         f"new_tokens={a.tokens} flash_attn={flash_attn()} {a.turns} turns x {a.rounds} rounds "
         "(median of the turns' medians, prompt evaluation included on both sides)"
     )
-    print(f"baseline Llama.create_completion : {base:7.1f} tok/s   turns {_fmt(runs['base'])}")
+    print(f"baseline Llama.create_completion : {base:7.1f} tok/s   turns {fmt_runs(runs['base'])}")
     print(
-        f"llmos one process                : {mine:7.1f} tok/s   turns {_fmt(runs['ours'])}"
-        f"   ratio {mine / base:.2f}x (target >= 1.0x)"
+        f"llmos one process                : {mine:7.1f} tok/s   turns {fmt_runs(runs['ours'])}"
+        f"   ratio {mine / base:.2f}x (target >= 1.0x); {paired(runs['ours'], runs['base'])}"
     )
-
-
-def _fmt(xs: list[float]) -> str:
-    return " ".join(f"{x:.1f}" for x in xs)
 
 
 if __name__ == "__main__":
