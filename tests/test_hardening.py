@@ -51,26 +51,32 @@ async def test_the_sandbox_cannot_read_the_config_file(scripted_kernel: Kernel) 
     import os
     from pathlib import Path
 
+    cfg = Path(os.environ["LLMOS_CONFIG"])
+    _write(cfg, 'api_key = "sekret-123"\n')
+    out = await _sandboxed(scripted_kernel, f"cat {cfg}; echo done")
+    assert "done" in out  # the command ran
+    assert "sekret" not in out
+    assert "sekret" in _read(cfg)  # still there for the kernel
+
+
+async def _sandboxed(kernel: Kernel, command: str) -> str:
+    """Run `command` through an approved shell.exec; its stdout and stderr."""
     from llmos.tools.sandbox import namespaces_available
 
     if not namespaces_available():
         pytest.fail("the sandbox needs unprivileged user namespaces on this machine")
-    cfg = Path(os.environ["LLMOS_CONFIG"])
-    _write(cfg, 'api_key = "sekret-123"\n')
 
     async def allow(ctx: Any, spec: Any, values: Any) -> bool:
         return True
 
-    scripted_kernel.syscalls.approver = allow
+    kernel.syscalls.approver = allow
 
     async def prog(ctx: Any) -> Any:
-        return await ctx.sys.shell.exec(command=f"cat {cfg}; echo done")
+        return await ctx.sys.shell.exec(command=command)
 
-    p = await scripted_kernel.spawn(prog, caps=["shell.exec"])
-    assert await scripted_kernel.wait(p.pid) == 0, p.error
-    assert "done" in p.result.stdout  # the command ran
-    assert "sekret" not in p.result.stdout + p.result.stderr
-    assert "sekret" in _read(cfg)  # still there for the kernel
+    p = await kernel.spawn(prog, caps=["shell.exec"])
+    assert await kernel.wait(p.pid) == 0, p.error
+    return str(p.result.stdout + p.result.stderr)
 
 
 def _write(path: Any, text: str) -> None:
@@ -109,27 +115,13 @@ async def test_the_sandbox_cannot_read_the_llmos_config_dir(
     scripted_kernel: Kernel, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beyond the live config file: an old copy or editor backup in llmos's config dir."""
-    from llmos.tools.sandbox import namespaces_available
-
-    if not namespaces_available():
-        pytest.fail("the sandbox needs unprivileged user namespaces on this machine")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     backup = tmp_path / "xdg" / "llmos" / "config.toml~"
     backup.parent.mkdir(parents=True)
     _write(backup, 'api_key = "old-sekret"\n')
-
-    async def allow(ctx: Any, spec: Any, values: Any) -> bool:
-        return True
-
-    scripted_kernel.syscalls.approver = allow
-
-    async def prog(ctx: Any) -> Any:
-        return await ctx.sys.shell.exec(command=f"cat '{backup}'; echo done")
-
-    p = await scripted_kernel.spawn(prog, caps=["shell.exec"])
-    assert await scripted_kernel.wait(p.pid) == 0, p.error
-    assert "done" in p.result.stdout
-    assert "sekret" not in p.result.stdout + p.result.stderr
+    out = await _sandboxed(scripted_kernel, f"cat '{backup}'; echo done")
+    assert "done" in out
+    assert "sekret" not in out
     assert "sekret" in _read(backup)
 
 
