@@ -137,7 +137,8 @@ def main() -> None:
     print(f"baseline Llama sequential : {med['base']:7.1f} tok/s   runs {fmt_runs(runs['base'])}")
     print(
         f"llmos 8 processes batched : {med['ours']:7.1f} tok/s   runs {fmt_runs(runs['ours'])}"
-        f"   ratio {med['ours'] / med['base']:.2f}x (target >= 1.9x)"
+        f"   ratio {med['ours'] / med['base']:.2f}x (target >= 1.9x)\n"
+        f"llmos/baseline {paired(runs['ours'], runs['base'])}"
     )
     if a.llama_server:
         print(
