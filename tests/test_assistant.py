@@ -185,3 +185,13 @@ async def test_two_questions_at_once_to_one_agent_both_stay_in_its_turns(setting
             ["user", "two"], ["assistant", "You said: two"],
         ]  # fmt: skip
         assert "<|user|>one\nYou said: one\n<|user|>two" in rec.seen[-1]  # it saw the first
+
+
+async def test_the_assistants_memory_reads_and_writes_are_audited(scripted_kernel: Kernel) -> None:
+    p = await ask(scripted_kernel, "hi")
+    rows = scripted_kernel.table.audit_rows(pid=p.pid)
+    names = [r["syscall"] for r in rows]
+    assert "kernel:fs.write" in names  # state.json, the persona seeded on first use
+    assert "kernel:fs.append" in names  # the recall log
+    assert "kernel:fs.read" in names
+    assert all(r["outcome"] == "ok" for r in rows if r["syscall"].startswith("kernel:"))

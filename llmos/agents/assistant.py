@@ -92,11 +92,11 @@ async def open_conversation(ctx: Context, agent: str) -> Conversation:
     """The agent's conversation: its live turns reloaded, the window and tokenizer of the
     process's model (the per-sequence context, which `seq_ctx_max` caps)."""
     from llmos.memory.core import Conversation, core_append, core_read
-    from llmos.memory.syscalls import memory_of
+    from llmos.memory.syscalls import audited_memory
 
     if not _AGENT.fullmatch(agent):
         raise BadArguments(f"bad agent name {agent!r}: use lowercase letters, digits, - and _")
-    fs = memory_of(ctx.kernel)
+    fs = audited_memory(ctx)  # its memory reads and writes are audit rows of this process
     if not core_read(fs, agent)["persona"].strip():
         core_append(fs, agent, "persona", DEFAULT_PERSONA)  # seeded once; the user may edit it
     engine = await ctx.kernel.engine(ctx.model)

@@ -8,12 +8,13 @@ and mode admit the process (its name is its identity). Work that may embed runs 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, cast
 
 from llmos.agents.context import Context
-from llmos.errors import PermissionDenied
+from llmos.errors import PermissionDenied, SyscallError
 from llmos.memory.paths import normalize
-from llmos.syscalls.table import capability_allows, syscall
+from llmos.syscalls.table import AuditRecord, args_digest, capability_allows, syscall
 
 if TYPE_CHECKING:
     from llmos.memory.fs import MemoryFS
@@ -31,6 +32,54 @@ def memory_of(kernel: Any) -> MemoryFS:
         fs.proc = ProcView.of_kernel(kernel)  # /proc lists this kernel's processes
         kernel.__dict__["memory"] = fs
     return fs  # type: ignore[no-any-return]
+
+
+class _AuditedFS:
+    """The kernel's filesystem as a built-in agent uses it on a process's behalf (the
+    assistant's memory): reads, writes and appends are audit rows of that process, named
+    `kernel:fs.read` and so on, as its own `fs.*` syscalls would be."""
+
+    _AUDITED = frozenset({"read", "write", "append"})
+
+    def __init__(self, fs: MemoryFS, ctx: Context) -> None:
+        self._fs = fs
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._fs, name)
+        audit = self._ctx.kernel.syscalls.audit
+        if name not in self._AUDITED or audit is None:
+            return attr
+
+        def call(path: str, *args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            outcome = "ok"
+            try:
+                return attr(path, *args, **kw)
+            except SyscallError as exc:
+                outcome = exc.kind
+                raise
+            except Exception as exc:
+                outcome = type(exc).__name__
+                raise
+            finally:
+                took = time.perf_counter() - t0
+                audit(
+                    AuditRecord(
+                        self._ctx.pid,
+                        f"kernel:fs.{name}",
+                        outcome,
+                        took,
+                        args_digest({"path": path}),
+                    )
+                )
+
+        return call
+
+
+def audited_memory(ctx: Context) -> MemoryFS:
+    """`memory_of` for a process: what it reads and writes shows in the audit log."""
+    return cast("MemoryFS", _AuditedFS(memory_of(ctx.kernel), ctx))
 
 
 def _user(ctx: Context) -> str:
