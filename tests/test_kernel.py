@@ -45,6 +45,30 @@ async def test_llm_chat_streams_to_stdout(scripted_kernel: Kernel) -> None:
     assert p.tokens == len("You said: ping") + 1  # + end of generation
 
 
+async def test_llm_complete_ignore_eos_generates_exactly_max_tokens(
+    scripted_kernel: Kernel,
+) -> None:
+    async def prog(ctx: Any) -> Any:
+        prompt = "<|user|>ping\n<|assistant|>"
+        free = await ctx.sys.llm.complete(prompt=prompt, max_tokens=40, temperature=0)
+        fixed = await ctx.sys.llm.complete(
+            prompt=prompt, max_tokens=40, temperature=0, ignore_eos=True
+        )
+        try:
+            await ctx.sys.llm.complete(prompt=prompt, ignore_eos=True)
+        except Exception as exc:
+            return free, fixed, exc
+        return free, fixed, None
+
+    p = await scripted_kernel.spawn(prog)
+    assert await scripted_kernel.wait(p.pid) == 0, p.error
+    free, fixed, err = p.result
+    assert free.finish_reason == "stop" and free.text == "You said: ping"
+    assert fixed.finish_reason == "length" and fixed.tokens == 40
+    assert fixed.text.startswith("You said: ping")
+    assert err is not None and "ignore_eos needs max_tokens" in str(err)
+
+
 async def test_unknown_syscall_and_bad_arguments_are_typed(scripted_kernel: Kernel) -> None:
     seen: list[BaseException] = []
 

@@ -135,7 +135,11 @@ class ScriptedBackend:
         return out
 
     def sample(self, sampler: Any, index: int) -> int:
-        return self._next_token(self.kv[self._last_slots[index]])
+        kv = self.kv[self._last_slots[index]]
+        token = self._next_token(kv)
+        if token == EOS and getattr(sampler, "ignore_eos", False):  # as a -inf logit bias
+            token = ord("a") + len(kv) % 26
+        return token
 
     # -- sequence state ---------------------------------------------------------------
     def seq_rm(self, slot: int, p0: int = -1, p1: int = -1) -> None:

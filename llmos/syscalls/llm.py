@@ -36,12 +36,12 @@ def _result(gen: Any) -> GenResult:
 
 def _params(
     temperature: float, max_tokens: int | None, stop: list[str] | None, seed: int | None,
-    json_schema: dict[str, Any] | None, grammar: str | None,
+    json_schema: dict[str, Any] | None, grammar: str | None, ignore_eos: bool = False,
 ) -> SamplingParams:  # fmt: skip
     try:
         return SamplingParams(
             temperature=temperature, max_tokens=max_tokens, stop=tuple(stop or ()), seed=seed,
-            json_schema=json_schema, grammar=grammar,
+            json_schema=json_schema, grammar=grammar, ignore_eos=ignore_eos,
         )  # fmt: skip
     except ValueError as exc:
         raise BadArguments(str(exc)) from None
@@ -84,9 +84,13 @@ async def complete(
     json_schema: dict[str, Any] | None = None,
     grammar: str | None = None,
     stream: bool = True,
+    ignore_eos: bool = False,
 ) -> GenResult:
-    """Continue a raw prompt (no chat template)."""
-    params = _params(temperature, max_tokens, stop, seed, json_schema, grammar)
+    """Continue a raw prompt (no chat template). `ignore_eos` generates exactly
+    `max_tokens` (for benchmarks, as llama-server's option of that name)."""
+    if ignore_eos and max_tokens is None:
+        raise BadArguments("llm.complete: ignore_eos needs max_tokens")
+    params = _params(temperature, max_tokens, stop, seed, json_schema, grammar, ignore_eos)
     gen = await ctx.kernel.generate(ctx.process, prompt, params, model=model, stream=stream)
     return _result(gen)
 
