@@ -389,6 +389,8 @@ class EngineCore:
                     return
                 if idle:
                     self._gather_burst()
+                    if self._stopping:
+                        return
             try:
                 self.step()
             except Exception as exc:  # a backend failure fails the live sequences, not the kernel
