@@ -224,3 +224,36 @@ async def test_context_overflow_is_typed(engine: EngineCore) -> None:
 def test_model_without_chat_template_is_a_clear_error() -> None:
     with pytest.raises(ChatTemplateError, match="no chat template"):
         render_chat([{"role": "user", "content": "hi"}], None, model="base-model")
+
+
+async def test_the_penalties_prefilter_changes_no_token(
+    engine: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The top-k cut put before the penalties (llama_backend._prefilter) is exact: greedy and
+    seeded sampling, with heavy penalties, give the same tokens as the chain without it."""
+    import llmos.kernel.llama_backend as lb
+
+    prompts = [chat_tokens(engine.backend, q) for q in QUESTIONS]  # type: ignore[arg-type]
+    settings = [
+        SamplingParams(temperature=0, max_tokens=60),
+        SamplingParams(temperature=0.8, seed=7, max_tokens=60),
+        SamplingParams(
+            temperature=1.2, seed=11, max_tokens=60, repeat_penalty=1.3,
+            frequency_penalty=0.5, presence_penalty=0.3,
+        ),
+    ]  # fmt: skip
+    assert all(lb._prefilter(p) > 0 for p in settings)
+
+    engine.prefix_min = 10**9  # the same batches in both runs: no reuse of the first's KV
+
+    async def run() -> list[list[int]]:
+        out = []
+        for s in settings:  # the 4 prompts batched together, one batch per setting
+            gens = [engine.generate(p, s) for p in prompts]
+            await asyncio.gather(*(g.result() for g in gens))
+            out += [g.tokens for g in gens]
+        return out
+
+    with_cut = await run()
+    monkeypatch.setattr(lb, "_prefilter", lambda params: 0)
+    assert await run() == with_cut

@@ -67,6 +67,25 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
         raise GenerationError(f"JSON schema cannot be turned into a grammar: {exc}") from exc
 
 
+def _prefilter(params: SamplingParams) -> int:
+    """How many candidates may go to the penalties sampler (0: the whole vocabulary).
+
+    llama.cpp's penalties look up every candidate in a hash map: ~140 us per token over a
+    49k vocabulary, 3-4% of an 8-sequence step here. When every penalty only lowers logits,
+    and at most `repeat_last_n` tokens are penalized, the k best after the penalties are
+    among the k + repeat_last_n best before them: a top-k cut of that size first changes no
+    outcome, and the penalties then see ~100 candidates."""
+    lowers = (
+        params.repeat_penalty >= 1.0
+        and params.frequency_penalty >= 0.0
+        and params.presence_penalty >= 0.0
+    )
+    k = 1 if params.greedy else params.top_k
+    if not lowers or k <= 0 or not 0 < params.repeat_last_n <= 1024:
+        return 0
+    return k + params.repeat_last_n
+
+
 class LlamaBackend:
     def __init__(
         self,
@@ -235,6 +254,9 @@ class LlamaBackend:
             or params.frequency_penalty != 0.0
             or params.presence_penalty != 0.0
         ):
+            keep = _prefilter(params)
+            if keep:  # exact: see _prefilter
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(keep))
             L.llama_sampler_chain_add(
                 chain,
                 L.llama_sampler_init_penalties(
