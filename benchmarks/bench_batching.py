@@ -80,12 +80,13 @@ async def processes(n: int) -> float:
 
     with tempfile.TemporaryDirectory() as d:
         settings = load_settings(
-            data_dir=Path(d), n_threads=threads(), flash_attn=flash_attn(), n_seq_max=8,
-            n_ctx=8 * 2048, prefix_min_tokens=10**9,  # each evaluates its prompt, as elsewhere
+            data_dir=Path(d), default_model=str(model_path()), n_threads=threads(),
+            flash_attn=flash_attn(), n_seq_max=8, n_ctx=8 * 2048, n_batch=512,
+            prefix_min_tokens=10**9,  # each evaluates its prompt, as elsewhere
         )  # fmt: skip
         async with Kernel(settings) as k:
             warm = await k.spawn(prog, chat_prompt("warm up"), 8)  # loads the model
-            await k.wait(warm.pid)
+            assert await k.wait(warm.pid) == 0, warm.error
             t0 = time.perf_counter()
             procs = [await k.spawn(prog, chat_prompt(q), n) for q in QUESTIONS]
             for p in procs:

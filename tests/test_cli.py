@@ -94,6 +94,14 @@ def test_doctor_checks_the_configured_default_model(
     r = runner.invoke(app, ["doctor"])
     assert r.exit_code == 1
     assert "default model     nope: unknown model 'nope'" in r.output
+    # A packaged model is assembled on first use, not by the check.
+    monkeypatch.setenv("LLMOS_DEFAULT_MODEL", "gemma3-270m")
+    data = Path(os.environ["LLMOS_DATA_DIR"])
+    before = sorted(data.rglob("*.gguf"))
+    r = runner.invoke(app, ["doctor"])
+    assert r.exit_code == 0, r.output
+    assert "default model     gemma3-270m: " in r.output
+    assert sorted(data.rglob("*.gguf")) == before
 
 
 def test_run_missing_program(tmp_path: Path) -> None:

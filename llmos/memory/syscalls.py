@@ -36,8 +36,9 @@ def memory_of(kernel: Any) -> MemoryFS:
 
 class _AuditedFS:
     """The kernel's filesystem as a built-in agent uses it on a process's behalf (the
-    assistant's memory): reads, writes and appends are audit rows of that process, named
-    `kernel:fs.read` and so on, as its own `fs.*` syscalls would be."""
+    assistant's memory): each read, write and append is an audit row of that process,
+    named `kernel:fs.read` and so on, with a digest of the path and the outcome (a typed
+    error's kind, else the exception's class name)."""
 
     _AUDITED = frozenset({"read", "write", "append"})
 
