@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     main_gpu: int = Field(0, ge=0, description="GPU used for the model when offloading")
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="flash attention (auto: llama.cpp decides, ~15% faster batches on CPU); off makes text after prefix reuse bit-identical to a fresh evaluation",
+        description="flash attention (auto: llama.cpp decides, ~15% faster batches on CPU); off keeps text after prefix reuse closer to a fresh evaluation",
     )
     kv_type: Literal["f16", "q8_0", "q4_0", "f32"] = Field(
         "f16", description="KV cache element type"
