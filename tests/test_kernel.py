@@ -178,3 +178,4 @@ async def test_ps_and_top_report_generation_statistics(scripted_kernel: Kernel) 
     assert top["processes"] == 0
     (model,) = top["models"]
     assert model["tokens_decoded"] >= 19 and model["slots"] >= 1 and "kv_cells_used" in model
+    assert row["model"] == model["model"]  # spawned with no model: the default's name, as used

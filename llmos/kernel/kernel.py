@@ -406,6 +406,7 @@ class Kernel:
     ) -> Generation:
         """Generate for a process on the shared engine, streaming to its stdout."""
         engine = await self.engine(model or proc.model)
+        proc.last_model = engine.name
         gen = engine.generate(prompt, params, nice=proc.nice, owner=proc.pid)
         key = (engine, gen.id)
         proc.generations.add(key)

@@ -156,6 +156,7 @@ class Process:
     tokens: int = 0
     syscalls: int = 0
     gen_stats: list[Any] = field(default_factory=list)  # SeqStats of finished generations
+    last_model: str | None = None  # the model of its latest generation (the default's name)
     mailbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     scratch: Path | None = None  # sandboxed tools' working directory, removed at exit
     log_path: Path | None = None  # the full log on disk (stdout's ring buffer is bounded)
@@ -201,7 +202,7 @@ class Process:
             "name": self.name,
             "state": self.state.value,
             "nice": self.nice,
-            "model": self.model,
+            "model": self.model or self.last_model,  # what it asked for, else what it used
             "parent": self.parent,
             "tokens": self.tokens + sum(s.generated for s in live),
             "tok_s": first.tokens_per_s if first else None,
