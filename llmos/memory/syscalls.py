@@ -8,13 +8,12 @@ and mode admit the process (its name is its identity). Work that may embed runs 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 from llmos.agents.context import Context
-from llmos.errors import PermissionDenied, SyscallError
+from llmos.errors import PermissionDenied
 from llmos.memory.paths import normalize
-from llmos.syscalls.table import AuditRecord, args_digest, capability_allows, syscall
+from llmos.syscalls.table import AuditScope, capability_allows, syscall
 
 if TYPE_CHECKING:
     from llmos.memory.fs import MemoryFS
@@ -37,8 +36,8 @@ def memory_of(kernel: Any) -> MemoryFS:
 class _AuditedFS:
     """The kernel's filesystem as a built-in agent uses it on a process's behalf (the
     assistant's memory): each read, write and append is an audit row of that process,
-    named `kernel:fs.read` and so on, with a digest of the path and the outcome (a typed
-    error's kind, else the exception's class name)."""
+    named `kernel:fs.read` and so on, with a digest of the path (`AuditScope`, as for the
+    syscalls themselves)."""
 
     _AUDITED = frozenset({"read", "write", "append"})
 
@@ -53,27 +52,8 @@ class _AuditedFS:
             return attr
 
         def call(path: str, *args: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            outcome = "ok"
-            try:
+            with AuditScope(audit, self._ctx.pid, f"kernel:fs.{name}", {"path": path}):
                 return attr(path, *args, **kw)
-            except SyscallError as exc:
-                outcome = exc.kind
-                raise
-            except Exception as exc:
-                outcome = type(exc).__name__
-                raise
-            finally:
-                took = time.perf_counter() - t0
-                audit(
-                    AuditRecord(
-                        self._ctx.pid,
-                        f"kernel:fs.{name}",
-                        outcome,
-                        took,
-                        args_digest({"path": path}),
-                    )
-                )
 
         return call
 

@@ -201,6 +201,37 @@ class AuditRecord:
     args_digest: str
 
 
+class AuditScope:
+    """Times a call and writes its audit row when it ends: the outcome is "ok", a typed
+    error's kind, "cancelled", or an unexpected exception's class name."""
+
+    __slots__ = ("args", "audit", "name", "pid", "t0")
+
+    def __init__(
+        self, audit: Callable[[AuditRecord], None] | None, pid: int | None, name: str, args: Any
+    ) -> None:
+        self.audit, self.pid, self.name, self.args = audit, pid, name, args
+        self.t0 = 0.0
+
+    def __enter__(self) -> AuditScope:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> None:
+        if self.audit is None:
+            return
+        if exc is None:
+            outcome = "ok"
+        elif isinstance(exc, SyscallError):
+            outcome = exc.kind
+        elif isinstance(exc, asyncio.CancelledError):
+            outcome = "cancelled"
+        else:
+            outcome = type(exc).__name__
+        took = time.perf_counter() - self.t0
+        self.audit(AuditRecord(self.pid, self.name, outcome, took, args_digest(self.args)))
+
+
 @dataclass
 class SyscallTable:
     specs: dict[str, SyscallSpec] = field(default_factory=dict)
@@ -244,9 +275,7 @@ class SyscallTable:
         return spec, {k: getattr(model, k) for k in spec.args_model.model_fields}
 
     async def dispatch(self, ctx: Context, name: str, args: dict[str, Any]) -> Any:
-        t0 = time.perf_counter()
-        outcome = "ok"
-        try:
+        with AuditScope(self.audit, ctx.pid, name, args):
             spec, values = self.validate(name, args)
             if not capability_allows(ctx.process.caps, spec.capability):
                 raise PermissionDenied(
@@ -263,17 +292,6 @@ class SyscallTable:
                 raise
             except Exception as exc:  # a tool bug is the caller's observation, not a crash
                 raise ToolFailed(f"{name} failed: {type(exc).__name__}: {exc}") from exc
-        except SyscallError as exc:
-            outcome = exc.kind
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            if self.audit is not None:
-                self.audit(
-                    AuditRecord(ctx.pid, name, outcome, time.perf_counter() - t0, args_digest(args))
-                )
 
     async def _approve(self, ctx: Context, spec: SyscallSpec, values: dict[str, Any]) -> bool:
         pol = self.policy_for(spec)
