@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from llmos.errors import BadArguments
 
 MAX_NAME = 255
@@ -13,17 +15,30 @@ class BadPath(BadArguments):
     kind = "bad_path"
 
 
+# C0 controls, DEL and C1 controls: a newline in a name makes `ls` show two files, an
+# escape sequence can repaint the terminal of whoever lists the directory.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _control_name(ch: str) -> str:
+    code = ord(ch)
+    if code == 0:
+        return "a NUL byte"
+    return f"a control character (U+{code:04X})"
+
+
 def normalize(path: str, cwd: str = "/") -> str:
     """The canonical absolute form of `path`.
 
     `.` and empty parts vanish; `..` steps up but never above `/` (an escape is an error,
-    not silently clamped, so a confused caller learns of it). NUL bytes, over-long names
-    and unknown top-level directories are rejected.
+    not silently clamped, so a confused caller learns of it). Control characters (NUL and
+    the rest of C0, DEL, C1), over-long names and unknown top-level directories are rejected.
     """
     if not isinstance(path, str):
         raise BadPath(f"path must be a string, got {type(path).__name__}")
-    if "\x00" in path:
-        raise BadPath("path contains a NUL byte")
+    bad = _CONTROL.search(path)
+    if bad is not None:
+        raise BadPath(f"path contains {_control_name(bad.group())}")
     if not path:
         raise BadPath("empty path")
     if len(path) > MAX_PATH:
