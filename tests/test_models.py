@@ -118,12 +118,31 @@ async def test_two_real_models_loaded_at_once(tmp_path: Path, real_model_path: P
             gemma.generate("The capital of France is", p).result(),
         )
         assert a and b and a != b  # two different models answered concurrently
-        # gemma3-270m is a base model: no chat template in its GGUF
-        with pytest.raises(ChatTemplateError, match="no chat template"):
-            await k.render_chat([{"role": "user", "content": "hi"}], "gemma3-270m")
-        toks = await k.render_chat(
-            [{"role": "user", "content": "hi"}], "gemma3-270m", chat_format="gemma"
-        )
+        # gemma3-270m is a base model with no chat template in its GGUF: its family's
+        # well-known format serves, as if asked for by name, and `info` says so.
+        hi = [{"role": "user", "content": "hi"}]
+        toks = await k.render_chat(hi, "gemma3-270m")
+        assert toks == await k.render_chat(hi, "gemma3-270m", chat_format="gemma")
         assert gemma.backend.tokenize("<start_of_turn>", add_special=False)[0] in toks
+        assert toks != await k.render_chat(hi, "gemma3-270m", chat_format="chatml")
         info = k.library.info("gemma3-270m")
         assert info["architecture"] == "gemma3" and 200_000_000 < info["parameters"] < 300_000_000
+        assert info["chat_template"] is False and info["can_chat"] is True
+        assert info["chat_format"] == "gemma (the model family's format)"
+        cfg = k.library.info("gemma3-270m", {"gemma3-270m": "chatml"})
+        assert cfg["chat_format"] == "chatml (from chat_formats)"
+
+
+def test_chat_format_precedence_and_families() -> None:
+    from llmos.kernel.chat import choose_format, render_chat
+
+    base = {"has_template": False, "architecture": "gemma3"}
+    assert choose_format(**base).spec == "gemma"  # type: ignore[arg-type]
+    assert choose_format(has_template=False, architecture="qwen2").spec == "chatml"
+    assert choose_format(has_template=True, architecture="gemma3").source == "gguf"
+    assert choose_format(configured="plain", **base).source == "config"  # type: ignore[arg-type]
+    assert choose_format(requested="chatml", configured="plain", **base).spec == "chatml"  # type: ignore[arg-type]
+    unknown = choose_format(has_template=False, architecture="llama")
+    assert not unknown.can_chat and unknown.describe().startswith("none")
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        render_chat([{"role": "user", "content": "hi"}], None, model="base-llama")

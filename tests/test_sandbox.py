@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,11 @@ async def allow(ctx: Any, spec: Any, values: Any) -> bool:
     return True
 
 
-async def run_tool(k: Kernel, name: str, **args: Any) -> Any:
+async def run_tool(k: Kernel, name: str, *, caps: list[str] = CAPS, **args: Any) -> Any:
     async def prog(ctx: Any) -> Any:
         return await ctx.call(name, args)
 
-    p = await k.spawn(prog, caps=CAPS)
+    p = await k.spawn(prog, caps=caps)
     code = await k.wait(p.pid)
     assert code == 0, p.error
     return p.result
@@ -137,3 +140,97 @@ async def test_cpu_and_file_size_limits(scripted_kernel: Kernel) -> None:
         scripted_kernel, "python.exec", code="x = bytearray(2 * 1024**3)", timeout_s=5
     )
     assert r.exit_code != 0 and "MemoryError" in r.stderr
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[int]:
+    """A listening TCP socket on the host's loopback: a connect succeeds from its backlog,
+    no accept (and no thread, no waiting) needed."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        yield srv.getsockname()[1]
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection(('127.0.0.1', {port}), timeout=5).close()\n"
+    "except OSError as exc:\n"
+    "    sys.exit(f'no connection: {{exc}}')\n"
+    "print('connected')\n"
+)
+
+
+async def test_no_network_without_the_net_capability(
+    scripted_kernel: Kernel, loopback_server: int
+) -> None:
+    scripted_kernel.syscalls.approver = allow
+    code = CONNECT.format(port=loopback_server)
+    r = await run_tool(scripted_kernel, "python.exec", code=code)
+    assert r.exit_code != 0 and "connected" not in r.stdout, (r.stdout, r.stderr)
+    assert "no connection" in r.stderr
+    r = await run_tool(scripted_kernel, "python.exec", caps=[*CAPS, "net"], code=code)
+    assert r.exit_code == 0 and r.stdout.strip() == "connected", r.stderr
+
+
+async def test_loopback_inside_the_sandbox_still_works(scripted_kernel: Kernel) -> None:
+    """Only the host is cut off: a command may still talk to itself over its own loopback."""
+    scripted_kernel.syscalls.approver = allow
+    code = (
+        "import socket\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+        "socket.create_connection(s.getsockname(), timeout=5).close(); print('ok')\n"
+    )
+    r = await run_tool(scripted_kernel, "python.exec", code=code)
+    assert r.exit_code == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home directory (what `Path.home()` answers) with a secret and a granted folder."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / "docs").mkdir()
+    (home / "docs" / "notes.txt").write_text("shared notes\n")
+    monkeypatch.setenv("HOME", str(home))
+    assert Path.home() == home
+    return home
+
+
+async def test_home_is_hidden_unless_granted(scripted_kernel: Kernel, fake_home: Path) -> None:
+    scripted_kernel.syscalls.approver = allow
+    key, notes = fake_home / ".ssh" / "id_ed25519", fake_home / "docs" / "notes.txt"
+    cmd = f"cat {key}; cat {notes}; ls -A {fake_home}"
+    r = await run_tool(scripted_kernel, "shell.exec", command=cmd)
+    assert "PRIVATE KEY" not in r.stdout and "shared notes" not in r.stdout
+    assert ".ssh" not in r.stdout and "docs" not in r.stdout  # not even the names
+    assert "No such file" in r.stderr
+
+    docs = [*CAPS, f"host.read:{fake_home}/docs/**"]
+    r = await run_tool(scripted_kernel, "shell.exec", caps=docs, command=cmd)
+    assert "shared notes" in r.stdout and "PRIVATE KEY" not in r.stdout, (r.stdout, r.stderr)
+    r = await run_tool(scripted_kernel, "shell.exec", caps=docs, command=f"echo x > {notes}")
+    assert r.exit_code != 0 and "Read-only" in r.stderr  # shown read-only
+    assert notes.read_text() == "shared notes\n"
+
+    everything = [*CAPS, f"host.read:{fake_home}/**"]
+    r = await run_tool(scripted_kernel, "shell.exec", caps=everything, command=cmd)
+    assert "PRIVATE KEY" in r.stdout and "shared notes" in r.stdout, r.stderr
+
+
+async def test_a_scratch_dir_under_home_stays_writable(
+    scripted_kernel: Kernel, fake_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripted_kernel.syscalls.approver = allow
+    tmp = fake_home / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where mkdtemp puts the scratch dir
+    r = await run_tool(
+        scripted_kernel, "shell.exec", command=f"echo hi > f; cat f; pwd; ls -A {fake_home}"
+    )
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "hi" and lines[1].startswith(str(tmp))
+    assert lines[2:] == ["tmp"]  # the way to the scratch dir, nothing else of home

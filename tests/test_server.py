@@ -116,6 +116,36 @@ def test_models_lists_the_default_model(oai: openai.OpenAI) -> None:
     assert oai.models.retrieve(MODEL).id == MODEL
 
 
+def test_models_list_the_default_first_then_loaded_then_the_rest(tmp_path: Path) -> None:
+    """Clients that take the first model get one that chats: the default, then loaded
+    models, then the rest; each entry says whether it is the default and can chat."""
+    from llmos.kernel.models import ModelLibrary, smollm2_path
+
+    smol = smollm2_path()
+    assert smol is not None, "the default model is missing (make test installs it)"
+    lib = ModelLibrary(tmp_path / "data")
+    lib.add(smol, "aaa-copy")  # sorts first by name, as gemma3-270m did before the default
+    lib.add(smol, "bbb-loaded")
+    with serve_scripted(tmp_path) as (url, _):
+        assert httpx.post(f"{url}/v1/models/bbb-loaded/load", timeout=60).status_code == 200
+        data = httpx.get(f"{url}/v1/models").json()["data"]
+        ids = [m["id"] for m in data]
+        assert ids[:2] == [MODEL, "bbb-loaded"], ids
+        assert ids.index("aaa-copy") > 1
+        first = data[0]
+        assert first["default"] is True and first["can_chat"] is True
+        assert first["status"] == {"value": "loaded"}
+        assert first["chat_format"] == "the GGUF's chat template"
+        assert [m["default"] for m in data[1:]] == [False] * (len(data) - 1)
+        by_id = {m["id"]: m for m in data}
+        assert by_id["aaa-copy"]["status"] == {"value": "unloaded"}
+        if "gemma3-270m" in by_id:  # a base model without a template: its family's format
+            assert by_id["gemma3-270m"]["can_chat"] is True
+            assert by_id["gemma3-270m"]["chat_format"].startswith("gemma (")
+        one = httpx.get(f"{url}/v1/models/{MODEL}").json()
+        assert one == first
+
+
 def test_chat_completion(oai: openai.OpenAI, server: tuple[str, Any]) -> None:
     r = oai.chat.completions.create(model=MODEL, messages=user("hello"), temperature=0)
     assert r.object == "chat.completion"

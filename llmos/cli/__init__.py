@@ -8,11 +8,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from llmos.errors import LlmosError, UserError
+from llmos.errors import ApprovalDenied, LlmosError, UserError
+
+if TYPE_CHECKING:
+    from llmos.syscalls.table import Policy
 
 app = typer.Typer(
     name="llmos",
@@ -117,7 +120,7 @@ def models_remove(name: str) -> None:
 def models_info(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show a model's metadata, read from its GGUF header."""
     try:
-        info = _library().info(name)
+        info = _library().info(name, _settings().chat_formats)
     except LlmosError as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -264,7 +267,8 @@ def _last_line(proc: Any) -> str:
 
 
 async def stream_to_exit(kernel: Any, proc: Any) -> int:
-    """Copy a process's stdout to ours as it streams; its traceback (if any) to stderr."""
+    """Copy a process's stdout to ours as it streams; its traceback (if any) to stderr.
+    (The kernel's crash line, which ends the stream, puts the report on a line of its own.)"""
     async for chunk in proc.stdout.follow():
         sys.stdout.write(chunk)
         sys.stdout.flush()
@@ -292,16 +296,45 @@ def run(
         list[str] | None, typer.Argument(help="arguments passed to main(ctx, *args)")
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m")] = None,
-) -> None:
+    cap: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cap", metavar="CAP",
+            help="grant a capability besides the defaults (repeatable), e.g. shell.exec, "
+            "'fs.read:/mnt/**', net, 'host.read:PATH/**'",
+        ),
+    ] = None,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve", metavar="NAME=allow|ask|deny",
+            help="approval policy for a syscall (repeatable), over the `approvals` setting; "
+            "ask prompts at a terminal and denies elsewhere",
+        ),
+    ] = None,
+) -> None:  # fmt: skip
     """Run a scripted agent program (`async def main(ctx, *args)`) as a kernel process."""
-    from llmos.kernel.kernel import Kernel
+    from llmos.kernel.kernel import DEFAULT_CAPS, Kernel
 
     main = load_program(program)
+    grants = _grants(cap or [])
+    policy = _approvals(approve or [])
 
     async def go() -> int:
         async with Kernel(_settings()) as k:
-            k.syscalls.approver = terminal_approver()  # `ask` asks here; without a tty: deny
-            proc = await k.spawn(main, *(args or []), name=program.stem, model=model)
+            unknown = sorted(set(policy) - set(k.syscalls.names()))
+            if unknown:
+                raise UserError(
+                    f"--approve {unknown[0]}: no such syscall (llmos run approves syscalls by "
+                    "their exact name, as the approvals setting does)"
+                )
+            k.syscalls.policy.update(policy)
+            # `ask` asks here; without a terminal it denies, saying how to allow instead.
+            k.syscalls.approver = terminal_approver(hint="--approve {name}=allow")
+            proc = await k.spawn(
+                main, *(args or []), name=program.stem, model=model,
+                caps=[*DEFAULT_CAPS, *grants],
+            )  # fmt: skip
             return await stream_to_exit(k, proc)
 
     code = run_async(go())
@@ -356,10 +389,43 @@ def restart(
     raise typer.Exit(code if 0 <= code < 256 else 1)
 
 
-def terminal_approver() -> Any:
-    """Ask on the terminal when one is attached; None (ask means deny) otherwise."""
+def _grants(caps: list[str]) -> list[str]:
+    """`--cap` values: capability grants as `kernel.spawn` takes them (`name[:resource]`)."""
+    for c in caps:
+        name, _, _ = c.partition(":")
+        if not name or any(ch.isspace() for ch in c):
+            raise fail(
+                f"--cap {c!r}: expected a capability such as shell.exec or 'fs.read:/mnt/**'"
+            )
+    return caps
+
+
+def _approvals(items: list[str]) -> dict[str, Policy]:
+    """`--approve NAME=POLICY` values as an approval policy (syscall name -> allow/ask/deny)."""
+    out: dict[str, Policy] = {}
+    for item in items:
+        name, sep, pol = item.rpartition("=")
+        if not sep or not name or pol not in ("allow", "ask", "deny"):
+            raise fail(f"--approve {item!r}: expected NAME=allow, NAME=ask or NAME=deny")
+        out[name] = cast("Policy", pol)
+    return out
+
+
+def terminal_approver(hint: str | None = None) -> Any:
+    """Ask on the terminal when one is attached. Otherwise `ask` means deny: with no `hint`
+    silently (None: the syscall table denies), with one by an `ApprovalDenied` whose message
+    names it (`{name}` is the syscall's name), so the user learns how to allow the call."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return None
+        if hint is None:
+            return None
+
+        async def refuse(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
+            raise ApprovalDenied(
+                f"{spec.name} needs approval and there is no terminal to ask; "
+                f"run with {hint.format(name=spec.name)} to allow it"
+            )
+
+        return refuse
 
     async def approve(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
         shown = json.dumps(values, default=str)[:500]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from llmos.errors import ChatTemplateError
 
@@ -26,6 +27,58 @@ BUILTIN_FORMATS: dict[str, str] = {
         "{% if add_generation_prompt %}Assistant:{% endif %}"
     ),
 }
+
+
+# Families whose chat format is well known, by GGUF `general.architecture`: used when a GGUF
+# carries no template (base models, files converted without one), so a client that picks
+# such a model still gets a conversation rather than a 400.
+FAMILY_FORMATS: dict[str, str] = {
+    "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
+    "qwen": "chatml", "qwen2": "chatml", "qwen2moe": "chatml", "qwen3": "chatml",
+    "qwen3moe": "chatml",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a model's conversations become text, and where that rule came from: the request,
+    the `chat_formats` setting, the GGUF's own template, or the model's family."""
+
+    source: Literal["request", "config", "gguf", "family", "none"]
+    spec: str | None = None  # a format name, file or jinja text; None for gguf and none
+
+    @property
+    def can_chat(self) -> bool:
+        return self.source != "none"
+
+    def describe(self) -> str:
+        if self.source == "gguf":
+            return "the GGUF's chat template"
+        if self.source == "none":
+            return "none (no chat template; use llm.complete or set chat_formats)"
+        spec = self.spec if self.spec in BUILTIN_FORMATS else "custom"
+        where = {"request": "given in the request", "config": "from chat_formats",
+                 "family": "the model family's format"}[self.source]  # fmt: skip
+        return f"{spec} ({where})"
+
+
+def choose_format(
+    *,
+    requested: str | None = None,
+    configured: str | None = None,
+    has_template: bool,
+    architecture: str | None,
+) -> ChatFormat:
+    """The chat format a model uses: what the caller asked, else the config, else the GGUF's
+    template, else its family's well-known format."""
+    if requested:
+        return ChatFormat("request", requested)
+    if configured:
+        return ChatFormat("config", configured)
+    if has_template:
+        return ChatFormat("gguf")
+    family = FAMILY_FORMATS.get(architecture or "")
+    return ChatFormat("family", family) if family else ChatFormat("none")
 
 
 def resolve_format(spec: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 import traceback
 from collections import deque
@@ -21,7 +22,7 @@ from typing import Any
 
 from llmos.config import Settings, load_settings
 from llmos.errors import NoSuchProcess, UserError
-from llmos.kernel.chat import Message, render_chat, resolve_format
+from llmos.kernel.chat import Message, choose_format, render_chat, resolve_format
 from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelLibrary, ModelManager
 from llmos.kernel.process import Budgets, OutputStream, Process, ProcessState, Program, Signal
@@ -31,6 +32,33 @@ from llmos.syscalls.table import SyscallTable
 
 DEFAULT_CAPS = frozenset({"llm.*", "time.*", "calc", "text.*", "proc.ps", "sys.*"})
 ProcessListener = Callable[[Process, str], None]
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # llmos/
+
+
+def _is_ours(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def program_traceback(exc: BaseException) -> str:
+    """A crashed program's traceback without llmos's own frames (the kernel's task, the
+    syscall proxy and table, a tool's internals): the program's author can act on their
+    frames only, and the last line still names the error. A program that is itself part of
+    llmos (a built-in) keeps every frame; the process's log always does."""
+    top = traceback.TracebackException.from_exception(exc)
+    if all(_is_ours(f.filename) for f in top.stack):
+        return "".join(top.format())
+    todo, seen = [top], set()
+    while todo:  # the exception, its cause/context chain, and any group members
+        te = todo.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        te.stack = traceback.StackSummary.from_list(
+            [f for f in te.stack if not _is_ours(f.filename)]
+        )
+        todo.extend(t for t in (te.__cause__, te.__context__) if t is not None)
+        todo.extend(getattr(te, "exceptions", None) or [])
+    return "".join(top.format())
 
 
 class Kernel:
@@ -206,10 +234,10 @@ class Kernel:
             code = exc.code if isinstance(exc.code, int) else 1
         except Exception as exc:
             if proc.alive:  # a KILLed program's unwinding errors are nobody's business
-                proc.error = traceback.format_exc()
+                proc.error = program_traceback(exc)
                 line = f"\n[pid {proc.pid} crashed: {type(exc).__name__}: {exc}]\n"
                 proc.stdout.write(line)  # where it was always shown
-                proc.stdout.write_log(proc.error)
+                proc.stdout.write_log(traceback.format_exc())  # the log keeps every frame
                 proc.stderr.write(line.lstrip("\n") + proc.error)
             code, reason = 1, "crashed"
         finally:
@@ -384,12 +412,19 @@ class Kernel:
         self, messages: list[Message], model: str | None = None, *, chat_format: str | None = None
     ) -> list[int]:
         """Prompt tokens for a conversation, from the model's own chat template unless a
-        format is given (per call, or per model in the `chat_formats` setting)."""
+        format is given (per call, or per model in the `chat_formats` setting); a GGUF
+        without a template uses its family's well-known format where there is one."""
         engine = await self.engine(model)
         backend = engine.backend
         special = backend.special_tokens()
-        fmt = chat_format or self.settings.chat_formats.get(engine.name)
-        template = resolve_format(fmt) if fmt else backend.chat_template()
+        gguf_template = backend.chat_template()
+        fmt = choose_format(
+            requested=chat_format,
+            configured=self.settings.chat_formats.get(engine.name),
+            has_template=gguf_template is not None,
+            architecture=backend.architecture(),
+        )
+        template = resolve_format(fmt.spec) if fmt.spec else gguf_template
         text = render_chat(messages, template, special=special, model=engine.name)
         bos = special.get("bos_token")
         add_special = not (bos and text.startswith(bos))  # the template wrote BOS itself

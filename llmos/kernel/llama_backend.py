@@ -215,6 +215,11 @@ class LlamaBackend:
         tmpl = self._L.llama_model_chat_template(self._model, None)
         return tmpl.decode("utf-8", "replace") if tmpl else None
 
+    def architecture(self) -> str | None:
+        buf = ctypes.create_string_buffer(128)
+        n = self._L.llama_model_meta_val_str(self._model, b"general.architecture", buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
     def special_tokens(self) -> dict[str, str]:
         L = self._L
         return {

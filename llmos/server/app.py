@@ -35,6 +35,7 @@ from starlette.responses import Response
 from llmos.config import Settings, load_settings
 from llmos.errors import LlmosError
 from llmos.kernel.kernel import Kernel
+from llmos.kernel.models import ModelEntry
 from llmos.kernel.process import Process, Signal
 from llmos.kernel.sampling import SamplingParams
 from llmos.server import compat
@@ -131,8 +132,40 @@ class Api:
                 del self.kernel.procs[pid]
 
     # models -----------------------------------------------------------------------
+    def models(self) -> list[ModelEntry]:
+        """Servable models: the default first, then the loaded ones, then the rest. Many
+        clients take the first model listed; it must be one that chats."""
+        entries = [e for e in self.kernel.library.list() if e.path.is_file() or e.builtin]
+        loaded = list(self.kernel.models.loaded)
+        default = self.settings.default_model
+
+        def rank(e: ModelEntry) -> tuple[int, int]:
+            if e.name == default:
+                return (0, 0)
+            if e.name in loaded:
+                return (1, loaded.index(e.name))
+            return (2, 0)
+
+        return sorted(entries, key=rank)  # stable: the library's order within the rest
+
     def model_names(self) -> list[str]:
-        return [e.name for e in self.kernel.library.list() if e.path.is_file() or e.builtin]
+        return [e.name for e in self.models()]
+
+    def model_card(self, entry: ModelEntry) -> dict[str, Any]:
+        """An OpenAI model object, with llmos's fields beside it (as llama-server's router
+        mode adds `status`): whether it is the default, loaded, and can chat."""
+        fmt = self.kernel.library.chat_format(entry, self.settings.chat_formats)
+        loaded = entry.name in self.kernel.models.loaded
+        return {
+            "id": entry.name,
+            "object": "model",
+            "created": int(self.kernel.boot_time),
+            "owned_by": "llmos",
+            "status": {"value": "loaded" if loaded else "unloaded"},
+            "default": entry.name == self.settings.default_model,
+            "can_chat": fmt.can_chat,
+            "chat_format": fmt.describe(),
+        }
 
     def model_name(self, name: str | None) -> str:
         name = name or self.settings.default_model
@@ -416,17 +449,12 @@ def _openai_routes(app: FastAPI, api: Api) -> None:
 
     @app.get("/v1/models", tags=["openai"])
     async def list_models() -> dict[str, Any]:
-        created = int(k.boot_time)
-        data = [
-            {"id": n, "object": "model", "created": created, "owned_by": "llmos"}
-            for n in api.model_names()
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [api.model_card(e) for e in api.models()]}
 
     @app.get("/v1/models/{model_id}", tags=["openai"])
     async def get_model(model_id: str) -> dict[str, Any]:
         name = api.model_name(model_id)
-        return {"id": name, "object": "model", "created": int(k.boot_time), "owned_by": "llmos"}
+        return api.model_card(next(e for e in api.models() if e.name == name))
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None, responses=STREAMS)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
