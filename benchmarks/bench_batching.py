@@ -38,7 +38,7 @@ from _common import (
     threads,
 )
 
-from llmos.kernel.sampling import SamplingParams
+from llmos.core.sampling import SamplingParams
 
 
 def params(n: int) -> SamplingParams:

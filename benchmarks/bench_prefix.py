@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QUESTIONS, chat_prompt, engine, isolated
 
-from llmos.kernel.sampling import SamplingParams
+from llmos.core.sampling import SamplingParams
 
 
 async def ttft(reuse: bool, system: str) -> tuple[float, int]:

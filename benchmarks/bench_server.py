@@ -143,8 +143,8 @@ def ours(n: int, rounds: int, repeat: int, flash_attn: str) -> tuple[float, int,
 
 async def _engine_load(n: int, rounds: int, flash_attn: str) -> tuple[float, int, float]:
     from llmos.config import load_settings
+    from llmos.core.sampling import SamplingParams
     from llmos.kernel.kernel import Kernel
-    from llmos.kernel.sampling import SamplingParams
 
     data = tempfile.mkdtemp(prefix="llmos-bench-")
     settings = load_settings(

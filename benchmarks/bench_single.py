@@ -26,7 +26,7 @@ from _common import (
     paired,
 )
 
-from llmos.kernel.sampling import SamplingParams
+from llmos.core.sampling import SamplingParams
 
 
 def baseline(n: int, rounds: int) -> float:

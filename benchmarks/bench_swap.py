@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import model_path, threads
 
+from llmos.core.sampling import SamplingParams
 from llmos.kernel.backend import BatchEntry
 from llmos.kernel.llama_backend import LlamaBackend
-from llmos.kernel.sampling import SamplingParams
 
 
 def prefill(b: LlamaBackend, slot: int, toks: list[int]) -> list[int]:

@@ -23,9 +23,9 @@ _LAZY = {
     "Kernel": "llmos.kernel.kernel",
     "Settings": "llmos.config",
     "load_settings": "llmos.config",
-    "SamplingParams": "llmos.kernel.sampling",
-    "Signal": "llmos.kernel.process",
-    "ProcessState": "llmos.kernel.process",
+    "SamplingParams": "llmos.core.sampling",
+    "Signal": "llmos.core.process",
+    "ProcessState": "llmos.core.process",
     "syscall": "llmos.syscalls.table",
     "Context": "llmos.agents.context",
     "load_model": "llmos.agents.sdk",
@@ -57,9 +57,9 @@ if TYPE_CHECKING:
     from llmos.agents.context import Context
     from llmos.agents.sdk import DialogueTask, WritingTask, load_model
     from llmos.config import Settings, load_settings
+    from llmos.core.process import ProcessState, Signal
+    from llmos.core.sampling import SamplingParams
     from llmos.kernel.kernel import Kernel
-    from llmos.kernel.process import ProcessState, Signal
-    from llmos.kernel.sampling import SamplingParams
     from llmos.syscalls.table import syscall
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from llmos.core.sampling import SamplingParams
 from llmos.errors import ChatTemplateError, ContextOverflow
 from llmos.kernel.chat import render_chat
 from llmos.kernel.engine import EngineCore
 from llmos.kernel.llama_backend import LlamaBackend
-from llmos.kernel.sampling import SamplingParams
 from llmos.kernel.scheduler import Policy
 
 pytestmark = pytest.mark.real_model

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from llmos.core.process import ProcessState
 from llmos.errors import BadArguments, UnknownSyscall
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.process import ProcessState
 
 
 async def test_boot_spawn_wait_shutdown(settings: Any) -> None:

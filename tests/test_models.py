@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from llmos.config import load_settings
+from llmos.core.sampling import SamplingParams
 from llmos.errors import ChatTemplateError, ModelError, ModelNotFound
 from llmos.kernel.models import ModelLibrary, ModelManager
-from llmos.kernel.sampling import SamplingParams
 from llmos.kernel.scripted import ScriptedBackend
 
 

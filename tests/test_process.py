@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from llmos.core.process import ProcessState, Signal
 from llmos.errors import NoSuchProcess, PermissionDenied, ToolFailed
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.process import ProcessState, Signal
 from tests.conftest import scripted_factory
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from llmos.core.process import ProcessState, Signal
 from llmos.errors import NoSuchProcess, ProcessKilled
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.process import ProcessState, Signal
 from llmos.kernel.proctable import AUDIT_MAX_AGE_S
 from llmos.memory.procfs import ProcView
 from tests.conftest import scripted_factory

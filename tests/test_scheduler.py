@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from llmos.core.sampling import SamplingParams
 from llmos.errors import ContextOverflow
 from llmos.kernel.engine import DoneEvent, EngineCore, Sequence, TokenEvent
-from llmos.kernel.sampling import SamplingParams
 from llmos.kernel.scheduler import Policy
 from llmos.kernel.scripted import ScriptedBackend
 

@@ -21,8 +21,8 @@ import pytest
 
 from llmos.client import ApiError, Client
 from llmos.config import Settings, load_settings
+from llmos.core.process import ProcessState
 from llmos.errors import ConfigError
-from llmos.kernel.process import ProcessState
 from llmos.kernel.scripted import ScriptedBackend
 from llmos.server import BackgroundServer, check_bind, create_app
 

@@ -157,7 +157,7 @@ def test_fuzzed_arguments_give_typed_errors(name: str, args: Any) -> None:
     import asyncio
 
     from llmos.agents.context import Context
-    from llmos.kernel.process import Process
+    from llmos.core.process import Process
     from llmos.syscalls import builtin_specs
     from llmos.syscalls.table import SyscallTable
 

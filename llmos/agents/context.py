@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from llmos.errors import ProcessKilled
 
 if TYPE_CHECKING:
+    from llmos.core.process import Process
     from llmos.kernel.kernel import Kernel
-    from llmos.kernel.process import Process
 
 
 class SysProxy:

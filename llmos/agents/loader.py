@@ -6,8 +6,8 @@ import asyncio
 import runpy
 from pathlib import Path
 
+from llmos.core.process import Program
 from llmos.errors import UserError
-from llmos.kernel.process import Program
 
 
 class ProgramError(UserError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from llmos.kernel.sampling import SamplingParams
+from llmos.core.sampling import SamplingParams
 
 
 @dataclass(slots=True)

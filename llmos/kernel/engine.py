@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from llmos.core.sampling import SamplingParams
 from llmos.errors import ContextOverflow, GenerationError
 from llmos.kernel.backend import Backend, BatchEntry, DecodeNoSpace
-from llmos.kernel.sampling import SamplingParams
 from llmos.kernel.scheduler import Policy
 
 Clock = Callable[[], float]

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from llmos.config import Settings, load_settings
+from llmos.core.process import Budgets, OutputStream, Process, ProcessState, Program, Signal
+from llmos.core.sampling import SamplingParams
 from llmos.errors import NoSuchProcess, UserError
 from llmos.kernel.chat import Message, choose_format, render_chat, resolve_format
 from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelLibrary, ModelManager
-from llmos.kernel.process import Budgets, OutputStream, Process, ProcessState, Program, Signal
 from llmos.kernel.proctable import ProcTable
-from llmos.kernel.sampling import SamplingParams
 from llmos.syscalls.table import SyscallTable
 
 DEFAULT_CAPS = frozenset({"llm.*", "time.*", "calc", "text.*", "proc.ps", "sys.*"})

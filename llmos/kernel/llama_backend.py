@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmos.core.sampling import SamplingParams
 from llmos.errors import GenerationError, ModelError
 from llmos.kernel.backend import BatchEntry, DecodeNoSpace
 from llmos.kernel.gguf import read_gguf
-from llmos.kernel.sampling import SamplingParams
 
 _init_lock = threading.Lock()
 _initialized = False

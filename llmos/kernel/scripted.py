@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from llmos.core.sampling import SamplingParams
 from llmos.kernel.backend import BatchEntry, DecodeNoSpace
-from llmos.kernel.sampling import SamplingParams
 
 BOS, EOS, ASSISTANT = 256, 257, 258
 _SPECIALS = {"<|bos|>": BOS, "<|eos|>": EOS, "<|assistant|>": ASSISTANT}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from llmos.memory.paths import is_under
 
 if TYPE_CHECKING:
-    from llmos.kernel.process import Process
+    from llmos.core.process import Process
     from llmos.memory.fs import Stat
 
 PROC = "/proc"

@@ -17,7 +17,7 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from llmos.kernel.sampling import SamplingParams
+from llmos.core.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from llmos.agents.context import Context

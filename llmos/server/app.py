@@ -33,11 +33,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from llmos.config import Settings, load_settings
+from llmos.core.process import Process, Signal
+from llmos.core.sampling import SamplingParams
 from llmos.errors import LlmosError
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.models import ModelEntry
-from llmos.kernel.process import Process, Signal
-from llmos.kernel.sampling import SamplingParams
 from llmos.server import compat
 from llmos.server.errors import ApiError, error_body, from_llmos
 from llmos.server.schemas import (

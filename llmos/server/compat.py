@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmos.kernel.sampling import SamplingParams
+from llmos.core.sampling import SamplingParams
 from llmos.server.errors import ApiError
 from llmos.server.schemas import (
     ChatCompletionRequest,

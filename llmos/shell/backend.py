@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos.config import Settings
-from llmos.kernel.process import ProcessState
+from llmos.core.process import ProcessState
 from llmos.syscalls.oneshot import MEMORY_CAPS
 
 # The person at the shell owns the memory FS (as the server's trusted caller does); other

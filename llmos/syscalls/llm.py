@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from llmos.agents.context import Context
+from llmos.core.sampling import SamplingParams
 from llmos.errors import BadArguments
-from llmos.kernel.sampling import SamplingParams
 from llmos.syscalls.table import syscall
 
 

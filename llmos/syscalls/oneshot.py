@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from llmos.errors import LlmosError, ProcessKilled, ToolFailed
 
 if TYPE_CHECKING:
+    from llmos.core.process import Process
     from llmos.kernel.kernel import Kernel
-    from llmos.kernel.process import Process
 
 # The person asking owns the memory filesystem (root of it), so memory calls get these;
 # any other syscall runs with exactly its own capability.
@@ -66,7 +66,7 @@ async def run_syscall(
     `caps_for(kernel, name)`; `label` names the process (default: the syscall's name);
     `on_exit(process)` runs once it has ended (a server keeps a window of them for `ps`).
     If the caller is cancelled, the process is killed with it."""
-    from llmos.kernel.process import Signal
+    from llmos.core.process import Signal
 
     grants = caps_for(kernel, name) if caps is None else frozenset(caps)
     call = _Call(name, {k: v for k, v in (args or {}).items() if v is not None})

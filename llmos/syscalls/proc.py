@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from llmos.agents.context import Context
+from llmos.core.process import Signal
 from llmos.errors import BadArguments, NoSuchProcess, PermissionDenied, ToolFailed
-from llmos.kernel.process import Signal
 from llmos.syscalls.table import capability_allows, syscall
 
 
