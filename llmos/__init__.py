@@ -26,7 +26,7 @@ _LAZY = {
     "SamplingParams": "llmos.core.sampling",
     "Signal": "llmos.core.process",
     "ProcessState": "llmos.core.process",
-    "syscall": "llmos.syscalls.table",
+    "syscall": "llmos.core.syscall",
     "Context": "llmos.agents.context",
     "load_model": "llmos.agents.sdk",
     "WritingTask": "llmos.agents.sdk",
@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from llmos.config import Settings, load_settings
     from llmos.core.process import ProcessState, Signal
     from llmos.core.sampling import SamplingParams
+    from llmos.core.syscall import syscall
     from llmos.kernel.kernel import Kernel
-    from llmos.syscalls.table import syscall
 
 
 def __getattr__(name: str) -> Any:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmos.core.syscall import SyscallSpec
 from llmos.errors import SyscallError
 from llmos.kernel.kernel import Kernel
-from llmos.syscalls.table import SyscallSpec
 
 # Arguments the schema alone can't make valid (patterns, nested models).
 OVERRIDES: dict[str, dict[str, Any]] = {

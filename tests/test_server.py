@@ -415,8 +415,8 @@ def fake_memory(kernel: Any) -> Iterator[list[tuple[str, int]]]:
     """Stand-in fs.* / qa.ask syscalls on a kernel's table (the memory FS's own suite covers
     the real ones), so the endpoints' mapping onto syscalls is checked exactly. Yields the
     (syscall, pid) calls made."""
+    from llmos.core.syscall import syscall
     from llmos.errors import ToolFailed
-    from llmos.syscalls.table import syscall
 
     store: dict[str, str] = {}
     calls: list[tuple[str, int]] = []

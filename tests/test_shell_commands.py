@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmos.core.syscall import syscall
 from llmos.errors import ToolFailed
 from llmos.kernel.kernel import Kernel
 from llmos.shell.app import HELP, SHELL_FS_CAPS, LlmosShell
 from llmos.shell.screens import ApprovalScreen, FsBrowser, HelpScreen
-from llmos.syscalls.table import syscall
 from tests.conftest import scripted_factory
 
 # -- a stand-in memory FS and shell.exec -----------------------------------------------------

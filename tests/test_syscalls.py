@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from llmos.core.syscall import capability_allows
 from llmos.errors import SyscallError
 from llmos.kernel.kernel import Kernel
-from llmos.syscalls.table import capability_allows
 
 # (syscall, arguments, capability that grants it)
 CALLS: list[tuple[str, dict[str, Any], str]] = [
@@ -158,8 +158,8 @@ def test_fuzzed_arguments_give_typed_errors(name: str, args: Any) -> None:
 
     from llmos.agents.context import Context
     from llmos.core.process import Process
+    from llmos.core.syscall import SyscallTable
     from llmos.syscalls import builtin_specs
-    from llmos.syscalls.table import SyscallTable
 
     table = FUZZ_TABLE.setdefault("t", SyscallTable())
     if not table.specs:
@@ -197,7 +197,7 @@ class NoProcesses:
 
 
 async def test_results_are_typed_by_the_handlers_annotation(scripted_kernel: Kernel) -> None:
-    from llmos.syscalls.table import syscall
+    from llmos.core.syscall import syscall
 
     @syscall("test.liar")
     async def liar(ctx: Any, n: int) -> int:
@@ -218,7 +218,7 @@ async def test_results_are_typed_by_the_handlers_annotation(scripted_kernel: Ker
 
 
 def test_result_schema_in_help_and_describe_and_unresolvable_hints() -> None:
-    from llmos.syscalls.table import syscall
+    from llmos.core.syscall import syscall
 
     @syscall("test.pair")
     async def pair(ctx: Any, a: int) -> dict[str, int]:

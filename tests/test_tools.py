@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from llmos.agents.context import Context
+from llmos.core.syscall import syscall
 from llmos.errors import BadArguments
 from llmos.kernel.kernel import Kernel
-from llmos.syscalls.table import syscall
 from llmos.tools.basic import evaluate
 
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmos.agents.context import Context
+from llmos.core.syscall import SyscallSpec, SyscallTable, capability_allows
 from llmos.errors import SyscallError
-from llmos.syscalls.table import SyscallSpec, SyscallTable, capability_allows
 
 FINISH = "finish"
 

@@ -15,7 +15,7 @@ import typer
 from llmos.errors import ApprovalDenied, LlmosError, UserError
 
 if TYPE_CHECKING:
-    from llmos.syscalls.table import Policy
+    from llmos.core.syscall import Policy
 
 app = typer.Typer(
     name="llmos",

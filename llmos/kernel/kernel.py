@@ -23,12 +23,12 @@ from typing import Any
 from llmos.config import Settings, load_settings
 from llmos.core.process import Budgets, OutputStream, Process, ProcessState, Program, Signal
 from llmos.core.sampling import SamplingParams
+from llmos.core.syscall import SyscallTable
 from llmos.errors import NoSuchProcess, UserError
 from llmos.kernel.chat import Message, choose_format, render_chat, resolve_format
 from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelLibrary, ModelManager
 from llmos.kernel.proctable import ProcTable
-from llmos.syscalls.table import SyscallTable
 
 DEFAULT_CAPS = frozenset({"llm.*", "time.*", "calc", "text.*", "proc.ps", "sys.*"})
 ProcessListener = Callable[[Process, str], None]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmos.syscalls.table import AuditRecord
+from llmos.core.syscall import AuditRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS procs (

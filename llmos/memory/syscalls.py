@@ -11,9 +11,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
 from llmos.agents.context import Context
+from llmos.core.syscall import AuditScope, capability_allows, syscall
 from llmos.errors import PermissionDenied
 from llmos.memory.paths import normalize
-from llmos.syscalls.table import AuditScope, capability_allows, syscall
 
 if TYPE_CHECKING:
     from llmos.memory.fs import MemoryFS

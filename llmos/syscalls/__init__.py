@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from llmos.syscalls.table import SyscallSpec, SyscallTable, capability_allows, specs_in, syscall
+from llmos.core.syscall import SyscallSpec, SyscallTable, capability_allows, specs_in, syscall
 
 __all__ = [
     "SyscallSpec",

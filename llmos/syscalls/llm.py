@@ -8,8 +8,8 @@ from pydantic import BaseModel
 
 from llmos.agents.context import Context
 from llmos.core.sampling import SamplingParams
+from llmos.core.syscall import syscall
 from llmos.errors import BadArguments
-from llmos.syscalls.table import syscall
 
 
 class ChatMessage(BaseModel):

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from llmos.agents.context import Context
 from llmos.core.process import Signal
+from llmos.core.syscall import capability_allows, syscall
 from llmos.errors import BadArguments, NoSuchProcess, PermissionDenied, ToolFailed
-from llmos.syscalls.table import capability_allows, syscall
 
 
 class ExitStatus(BaseModel):

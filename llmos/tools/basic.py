@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from llmos.agents.context import Context
+from llmos.core.syscall import syscall
 from llmos.errors import BadArguments
-from llmos.syscalls.table import syscall
 
 _BIN: dict[type, Any] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

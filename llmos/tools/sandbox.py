@@ -38,8 +38,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from llmos.agents.context import Context
+from llmos.core.syscall import capability_allows, syscall
 from llmos.errors import BadArguments, ToolFailed
-from llmos.syscalls.table import capability_allows, syscall
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 

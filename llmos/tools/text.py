@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from llmos.agents.context import Context
-from llmos.syscalls.table import syscall
+from llmos.core.syscall import syscall
 
 
 class TextStats(BaseModel):

@@ -19,10 +19,11 @@ import types
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import Any, Literal, Protocol, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
+from llmos.core.process import Process
 from llmos.errors import (
     ApprovalDenied,
     BadArguments,
@@ -32,8 +33,17 @@ from llmos.errors import (
     UnknownSyscall,
 )
 
-if TYPE_CHECKING:
-    from llmos.agents.context import Context
+
+class Caller(Protocol):
+    """What dispatch needs of a calling process's handle; `llmos.core.context.Context` is
+    one. A Protocol, so the table needs nothing above it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def process(self) -> Process: ...
+
 
 Risk = Literal["low", "medium", "high"]
 Handler = Callable[..., Awaitable[Any]]
@@ -188,7 +198,7 @@ def capability_allows(grants: Iterable[str], capability: str, resource: str | No
     return False
 
 
-Approver = Callable[["Context", SyscallSpec, dict[str, Any]], Awaitable[bool]]
+Approver = Callable[[Any, SyscallSpec, dict[str, Any]], Awaitable[bool]]  # (ctx: a Caller, ...)
 Policy = Literal["allow", "ask", "deny"]
 
 
@@ -274,7 +284,7 @@ class SyscallTable:
             raise BadArguments(f"{name}: {problems}") from None
         return spec, {k: getattr(model, k) for k in spec.args_model.model_fields}
 
-    async def dispatch(self, ctx: Context, name: str, args: dict[str, Any]) -> Any:
+    async def dispatch(self, ctx: Caller, name: str, args: dict[str, Any]) -> Any:
         with AuditScope(self.audit, ctx.pid, name, args):
             spec, values = self.validate(name, args)
             if not capability_allows(ctx.process.caps, spec.capability):
@@ -293,7 +303,7 @@ class SyscallTable:
             except Exception as exc:  # a tool bug is the caller's observation, not a crash
                 raise ToolFailed(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _approve(self, ctx: Context, spec: SyscallSpec, values: dict[str, Any]) -> bool:
+    async def _approve(self, ctx: Caller, spec: SyscallSpec, values: dict[str, Any]) -> bool:
         pol = self.policy_for(spec)
         if pol != "ask":
             return pol == "allow"
