@@ -27,7 +27,7 @@ _LAZY = {
     "Signal": "llmos.core.process",
     "ProcessState": "llmos.core.process",
     "syscall": "llmos.core.syscall",
-    "Context": "llmos.agents.context",
+    "Context": "llmos.core.context",
     "load_model": "llmos.agents.sdk",
     "WritingTask": "llmos.agents.sdk",
     "DialogueTask": "llmos.agents.sdk",
@@ -54,9 +54,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from llmos.agents.context import Context
     from llmos.agents.sdk import DialogueTask, WritingTask, load_model
     from llmos.config import Settings, load_settings
+    from llmos.core.context import Context
     from llmos.core.process import ProcessState, Signal
     from llmos.core.sampling import SamplingParams
     from llmos.core.syscall import syscall

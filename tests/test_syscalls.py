@@ -156,7 +156,7 @@ def test_fuzzed_arguments_give_typed_errors(name: str, args: Any) -> None:
     """Any JSON a model might send either works or is a SyscallError; nothing else escapes."""
     import asyncio
 
-    from llmos.agents.context import Context
+    from llmos.core.context import Context
     from llmos.core.process import Process
     from llmos.core.syscall import SyscallTable
     from llmos.syscalls import builtin_specs

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.syscall import syscall
 from llmos.errors import BadArguments
 from llmos.kernel.kernel import Kernel

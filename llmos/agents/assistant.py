@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from llmos.errors import BadArguments
 
 if TYPE_CHECKING:
-    from llmos.agents.context import Context
+    from llmos.core.context import Context
     from llmos.memory.core import Conversation
     from llmos.memory.fs import MemoryFS
 

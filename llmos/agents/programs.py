@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.errors import LlmosError
 
 

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.syscall import SyscallSpec, SyscallTable, capability_allows
 from llmos.errors import SyscallError
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from llmos.agents.context import Context
 from llmos.config import Settings, load_settings
+from llmos.core.context import Context
 
 T = TypeVar("T")
 

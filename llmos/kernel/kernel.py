@@ -18,9 +18,10 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from llmos.config import Settings, load_settings
+from llmos.core.context import Context
 from llmos.core.process import Budgets, OutputStream, Process, ProcessState, Program, Signal
 from llmos.core.sampling import SamplingParams
 from llmos.core.syscall import SyscallTable
@@ -29,7 +30,9 @@ from llmos.kernel.chat import Message, choose_format, render_chat, resolve_forma
 from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelLibrary, ModelManager
 from llmos.kernel.proctable import ProcTable
+from llmos.kernel.services import Services
 
+T = TypeVar("T")
 DEFAULT_CAPS = frozenset({"llm.*", "time.*", "calc", "text.*", "proc.ps", "sys.*"})
 ProcessListener = Callable[[Process, str], None]
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # llmos/
@@ -70,6 +73,7 @@ class Kernel:
         syscall_modules: Iterable[Any] | None = None,
     ) -> None:
         self.settings = settings or load_settings()
+        self._services = Services(self)
         self.library = ModelLibrary(self.settings.data_dir)
         self.models = ModelManager(self.settings, self.library, backend_factory=backend_factory)
         self.syscalls = SyscallTable(policy=dict(self.settings.approvals))
@@ -121,6 +125,7 @@ class Kernel:
             for task in stubborn:
                 task.cancel()
         await asyncio.to_thread(self.models.close)
+        await asyncio.to_thread(self._services.close_all)
         memory = self.__dict__.pop("memory", None)  # the memory FS, if anything opened it
         if memory is not None:
             await asyncio.to_thread(memory.close)
@@ -129,6 +134,11 @@ class Kernel:
             self.table.close()
             self.table = None
         self.booted = False
+
+    def service(self, open: Callable[[Any], T]) -> T:
+        """The kernel's instance of a declared service, opened by `open(kernel)` on first
+        use and closed at shutdown (see `llmos/kernel/services.py`)."""
+        return self._services.get(open)
 
     # -- events -------------------------------------------------------------------------
     def listen(self, fn: ProcessListener) -> Callable[[], None]:
@@ -207,8 +217,6 @@ class Kernel:
         return proc
 
     async def _run(self, proc: Process) -> None:
-        from llmos.agents.context import Context
-
         ctx = Context(self, proc)
         if not proc.alive:  # killed before its task first ran
             return

@@ -20,7 +20,7 @@ from pydantic import ConfigDict
 from llmos.core.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from llmos.agents.context import Context
+    from llmos.core.context import Context
 
 
 class MemoryRetriever(BaseRetriever):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.syscall import AuditScope, capability_allows, syscall
 from llmos.errors import PermissionDenied
 from llmos.memory.paths import normalize

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.sampling import SamplingParams
 from llmos.core.syscall import syscall
 from llmos.errors import BadArguments

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.process import Signal
 from llmos.core.syscall import capability_allows, syscall
 from llmos.errors import BadArguments, NoSuchProcess, PermissionDenied, ToolFailed

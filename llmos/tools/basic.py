@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.syscall import syscall
 from llmos.errors import BadArguments
 

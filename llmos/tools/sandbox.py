@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.syscall import capability_allows, syscall
 from llmos.errors import BadArguments, ToolFailed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from llmos.agents.context import Context
+from llmos.core.context import Context
 from llmos.core.syscall import syscall
 
 
