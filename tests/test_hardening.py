@@ -133,3 +133,55 @@ def test_calc_refuses_a_float_overflow(expression: str) -> None:
     with pytest.raises(BadArguments, match="overflows a float"):
         evaluate(expression)
     assert evaluate("1.5**2") == 2.25 and evaluate("17*23") == 391 and evaluate("2**10") == 1024
+
+
+async def test_program_plugins_load_by_name_and_a_broken_one_warns(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`llmos.programs` entry points load through the same registry as the built-ins: a good
+    one is spawnable by name; a broken one, a sync function or one taking a built-in's name
+    costs only itself, with a warning."""
+    import importlib.metadata as md
+
+    from tests.conftest import scripted_factory
+
+    async def greet(ctx: Any, who: str) -> str:
+        return f"hello {who}"
+
+    def not_async(ctx: Any) -> None:
+        return None
+
+    class EP:
+        def __init__(self, name: str, obj: Any) -> None:
+            self.name, self.obj = name, obj
+
+        def load(self) -> Any:
+            if isinstance(self.obj, BaseException):
+                raise self.obj
+            return self.obj
+
+    eps = [
+        EP("greet", greet),
+        EP("broken_agent", ImportError("No module named 'agent_dependency'")),
+        EP("sync_agent", not_async),
+        EP("chat", greet),
+    ]
+    real = md.entry_points
+    monkeypatch.setattr(
+        md, "entry_points", lambda **kw: eps if kw.get("group") == "llmos.programs" else real(**kw)
+    )
+    async with Kernel(settings, backend_factory=scripted_factory()) as k:
+        assert {"chat", "assistant", "react", "rag", "greet"} <= set(k.programs)
+        assert "broken_agent" not in k.programs and "sync_agent" not in k.programs
+        assert k.programs["chat"] is not greet  # a plug-in can't replace a built-in
+
+        async def parent(ctx: Any) -> Any:
+            pid = await ctx.sys.proc.spawn(program="greet", args=["Ada"])
+            await ctx.sys.proc.wait(pid=pid)
+            return k.get(pid).result
+
+        p = await k.spawn(parent, caps=["proc.*"])
+        assert await k.wait(p.pid) == 0, p.error
+        assert p.result == "hello Ada"
+    for what in ("broken_agent", "agent_dependency", "sync_agent", "built-in"):
+        assert what in caplog.text, what

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from llmos.agents.rag import rag_program
 from llmos.config import load_settings
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.scripted import ScriptedBackend
@@ -14,7 +15,6 @@ from llmos.memory import prompts
 from llmos.memory import syscalls as memsys
 from llmos.memory.fs import MemoryFS
 from llmos.memory.index import Embedder
-from llmos.memory.rag import rag_agent
 
 DOC = (
     "Ship's log of the Albatross.\n\nThe ship's cat is named Biscuit. Biscuit sleeps in "
@@ -96,7 +96,7 @@ async def test_rag_agent_real_model_answers_from_document(
         k.__dict__["memory"] = fs
         fs.mount(_doc_host(tmp_path), "docs")
         p = await k.spawn(
-            rag_agent,
+            rag_program,
             "What is the name of the ship's cat?",
             "/mnt/docs",
             2,

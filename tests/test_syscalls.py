@@ -159,11 +159,11 @@ def test_fuzzed_arguments_give_typed_errors(name: str, args: Any) -> None:
     from llmos.core.context import Context
     from llmos.core.process import Process
     from llmos.core.syscall import SyscallTable
-    from llmos.syscalls import builtin_specs
+    from llmos.kernel.registry import load_tools
 
     table = FUZZ_TABLE.setdefault("t", SyscallTable())
     if not table.specs:
-        for spec in builtin_specs():
+        for spec, _ in load_tools():
             table.register(spec)
 
     async def idle(ctx: Any) -> None:

@@ -20,14 +20,15 @@ import asyncio
 import json
 import re
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llmos.agents.programs import one_line_failure, options
+from llmos.core.context import Context
 from llmos.errors import BadArguments
-
-if TYPE_CHECKING:
-    from llmos.core.context import Context
-    from llmos.memory.core import Conversation
-    from llmos.memory.fs import MemoryFS
+from llmos.memory import prompts
+from llmos.memory.core import Conversation, core_append, core_read
+from llmos.memory.fs import MemoryFS
+from llmos.memory.syscalls import audited_memory
 
 DEFAULT_AGENT = "assistant"
 DEFAULT_PERSONA = (
@@ -91,8 +92,6 @@ def _save_turns(fs: MemoryFS, agent: str, turns: list[tuple[str, str]]) -> None:
 async def open_conversation(ctx: Context, agent: str) -> Conversation:
     """The agent's conversation: its live turns reloaded, the window and tokenizer of the
     process's model (the per-sequence context, which `seq_ctx_max` caps)."""
-    from llmos.memory.core import Conversation, core_append, core_read
-    from llmos.memory.syscalls import audited_memory
 
     if not _AGENT.fullmatch(agent):
         raise BadArguments(f"bad agent name {agent!r}: use lowercase letters, digits, - and _")
@@ -121,9 +120,6 @@ async def assistant_program(
 
 
 async def _answer(ctx: Context, message: str, agent: str, opts: dict[str, Any] | None) -> Any:
-    from llmos.agents.programs import one_line_failure, options
-    from llmos.memory import prompts
-    from llmos.memory.core import core_append, core_read
 
     with one_line_failure(ctx):
         conv = await open_conversation(ctx, agent)

@@ -1,4 +1,4 @@
-"""Built-in agent programs the CLI and shell spawn."""
+"""The `chat` program, and helpers the built-in programs share."""
 
 from __future__ import annotations
 
@@ -34,21 +34,3 @@ async def chat_program(ctx: Context, prompt: str, opts: dict[str, Any] | None = 
             messages=[*history, {"role": "user", "content": prompt}], **kwargs
         )
     return r.model_dump()
-
-
-async def rag_program(ctx: Context, question: str, scope: str = "/", k: int = 4) -> int:
-    """The `rag` agent: answer a question from the memory filesystem, citing sources."""
-    from llmos.memory.rag import rag_agent  # langchain loads only when a rag process runs
-
-    return await rag_agent(ctx, question, scope, k)
-
-
-def builtin_programs() -> dict[str, Any]:
-    """Programs every kernel knows by name (what `proc.spawn(program=...)` may start)."""
-    from llmos.agents.assistant import assistant_program
-    from llmos.agents.react import react_program
-
-    return {
-        "chat": chat_program, "assistant": assistant_program, "react": react_program,
-        "rag": rag_program,
-    }  # fmt: skip

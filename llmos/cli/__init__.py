@@ -280,8 +280,8 @@ async def stream_to_exit(kernel: Any, proc: Any) -> int:
 
 def load_program(path: Path) -> Any:
     """The `main(ctx, ...)` coroutine function of an agent program file."""
-    from llmos.agents.loader import ProgramError
-    from llmos.agents.loader import load_program as load
+    from llmos.kernel.loader import ProgramError
+    from llmos.kernel.loader import load_program as load
 
     try:
         return load(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 import traceback
@@ -26,6 +27,7 @@ from llmos.core.process import Budgets, OutputStream, Process, ProcessState, Pro
 from llmos.core.sampling import SamplingParams
 from llmos.core.syscall import SyscallTable
 from llmos.errors import NoSuchProcess, UserError
+from llmos.kernel import registry
 from llmos.kernel.chat import Message, choose_format, render_chat, resolve_format
 from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelLibrary, ModelManager
@@ -33,6 +35,7 @@ from llmos.kernel.proctable import ProcTable
 from llmos.kernel.services import Services
 
 T = TypeVar("T")
+log = logging.getLogger("llmos.kernel")
 DEFAULT_CAPS = frozenset({"llm.*", "time.*", "calc", "text.*", "proc.ps", "sys.*"})
 ProcessListener = Callable[[Process, str], None]
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # llmos/
@@ -104,16 +107,17 @@ class Kernel:
         if self.booted:
             return
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        from llmos.syscalls import builtin_specs
-
-        for spec in builtin_specs(self._syscall_modules):
-            self.syscalls.register(spec)
+        for spec, plugin in registry.load_tools(self._syscall_modules or ()):
+            try:
+                self.syscalls.register(spec)
+            except ValueError as exc:  # a plug-in can't take a name already registered
+                if not plugin:
+                    raise
+                log.warning("tool plug-in: %s", exc)
         self.table = ProcTable(self.settings.data_dir / "kernel.db")
         self.syscalls.audit = self.table.audit
-        from llmos.agents.programs import builtin_programs
-
-        for pname, prog in builtin_programs().items():
-            self.programs.setdefault(pname, prog)
+        for pname, prog in registry.load_programs().items():
+            self.programs.setdefault(pname, prog)  # programs set before start() win
         self.booted = True
 
     async def shutdown(self) -> None:
@@ -201,7 +205,7 @@ class Kernel:
             caps=frozenset(DEFAULT_CAPS if caps is None else caps), budgets=limits,
             stdout=OutputStream(log_path=log_path), log_path=log_path,
             stderr=OutputStream(log_path=log_path.with_suffix(".err.log")),
-            program_ref=_program_ref(program),
+            program_ref=registry.program_ref(program),
         )  # fmt: skip
         self.procs[pid] = proc
         if parent is not None and parent in self.procs:
@@ -371,7 +375,7 @@ class Kernel:
         if not rows:
             raise NoSuchProcess(f"no lost process {pid} from boot {boot}")
         row = rows[0]
-        program = _resolve_program(row["program"], self.programs)
+        program = registry.resolve_program(row["program"], self.programs)
         proc = await self.spawn(
             program, *json.loads(row["args"] or "[]"), name=row["name"],
             caps=json.loads(row["caps"] or "[]"), model=row["model"],
@@ -473,35 +477,3 @@ class Kernel:
             if proc.state is ProcessState.BLOCKED:
                 self._set_state(proc, ProcessState.RUNNING)
         return gen
-
-
-def _program_ref(program: Program) -> str | None:
-    """`module:qualname` of a module-level program (what a restart can import again)."""
-    mod = getattr(program, "__module__", None)
-    qual = getattr(program, "__qualname__", None)
-    if not mod or not qual or "<" in qual:
-        return None
-    path = getattr(program, "__llmos_file__", None)  # a program file (`llmos run FILE`)
-    return f"file:{path}:{qual}" if path else f"{mod}:{qual}"
-
-
-def _resolve_program(ref: str | None, named: dict[str, Program]) -> Program:
-    import importlib
-
-    if not ref or ":" not in ref:
-        raise UserError(f"process program {ref!r} cannot be restarted")
-    for prog in named.values():
-        if _program_ref(prog) == ref:
-            return prog
-    if ref.startswith("file:"):
-        from llmos.agents.loader import load_program
-
-        return load_program(ref.removeprefix("file:").rpartition(":")[0])
-    mod, _, qual = ref.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod)
-        for part in qual.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"cannot load program {ref}: {exc}") from None
-    return obj  # type: ignore[no-any-return]

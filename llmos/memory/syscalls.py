@@ -210,7 +210,7 @@ async def qa_ask(
     ctx: Context, question: str, scope: str = "/", k: int = 4, max_tokens: int = 128
 ) -> dict[str, Any]:
     """Answer a question from memory (RetrievalQA over `scope`); cites the source paths."""
-    from llmos.memory.rag import ask
+    from llmos.memory.qa import ask  # langchain loads only when a question is asked
 
     fs, p, _user = _gate(ctx, "fs.read", scope)
     return await ask(ctx, fs, question, p, k, max_tokens)

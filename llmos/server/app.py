@@ -629,7 +629,7 @@ def _openai_routes(app: FastAPI, api: Api) -> None:
 
 # -- native -----------------------------------------------------------------------------
 def _load_program_file(path: str) -> Any:
-    from llmos.agents.loader import ProgramError, ProgramNotFound, load_program
+    from llmos.kernel.loader import ProgramError, ProgramNotFound, load_program
 
     try:
         return load_program(path)

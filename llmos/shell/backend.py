@@ -144,7 +144,7 @@ class LocalBackend:
         return int(proc.pid)
 
     async def run_file(self, path: str, args: list[str], model: str | None) -> int:
-        from llmos.agents.loader import ProgramError, load_program
+        from llmos.kernel.loader import ProgramError, load_program
 
         try:
             main = load_program(path)

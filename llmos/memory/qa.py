@@ -1,10 +1,10 @@
-"""LangChain at the edges: a retriever over MemoryFS, an LLM that submits to the kernel's
+"""`qa.ask`, with LangChain at the edges: a retriever over MemoryFS, an LLM that submits to the kernel's
 scheduler (so chains share the engine with every other process), and RetrievalQA."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -17,10 +17,9 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
+from llmos.core.context import Context
 from llmos.core.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from llmos.core.context import Context
+from llmos.memory import prompts
 
 
 class MemoryRetriever(BaseRetriever):
@@ -105,8 +104,6 @@ async def ask(
     """RetrievalQA (langchain-classic) with the `rag` template from /etc/prompts."""
     from langchain_classic.chains import RetrievalQA
 
-    from llmos.memory import prompts
-
     user = "root" if "*" in ctx.process.caps or "fs.*" in ctx.process.caps else ctx.process.name
     template = prompts.load(fs, "rag")
     if set(template.input_variables) != {"context", "question"}:
@@ -124,12 +121,3 @@ async def ask(
     docs = out.get("source_documents", [])
     sources = list(dict.fromkeys(d.metadata["source"] for d in docs))
     return {"answer": str(out["result"]).strip(), "sources": sources}
-
-
-async def rag_agent(ctx: Context, question: str, scope: str = "/", k: int = 4) -> int:
-    """The `rag` agent: answer one question from memory through `qa.ask`, citing sources."""
-    out = await ctx.sys.qa.ask(question=question, scope=scope, k=k)
-    ctx.print(out["answer"])
-    if out["sources"]:
-        ctx.print("sources: " + ", ".join(out["sources"]))
-    return 0
