@@ -28,9 +28,9 @@ _LAZY = {
     "ProcessState": "llmos.core.process",
     "syscall": "llmos.core.syscall",
     "Context": "llmos.core.context",
-    "load_model": "llmos.agents.sdk",
-    "WritingTask": "llmos.agents.sdk",
-    "DialogueTask": "llmos.agents.sdk",
+    "load_model": "llmos.sdk",
+    "WritingTask": "llmos.sdk",
+    "DialogueTask": "llmos.sdk",
 }
 
 __all__ = [
@@ -54,13 +54,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from llmos.agents.sdk import DialogueTask, WritingTask, load_model
     from llmos.config import Settings, load_settings
     from llmos.core.context import Context
     from llmos.core.process import ProcessState, Signal
     from llmos.core.sampling import SamplingParams
     from llmos.core.syscall import syscall
     from llmos.kernel.kernel import Kernel
+    from llmos.sdk import DialogueTask, WritingTask, load_model
 
 
 def __getattr__(name: str) -> Any:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from llmos.errors import PermissionDenied
+from llmos.kernel.oneshot import run_syscall
 from llmos.memory.fs import MemoryFS, NotFound, ReadOnly
-from llmos.syscalls.oneshot import run_syscall
 
 
 def _status(text: str) -> dict[str, str]:

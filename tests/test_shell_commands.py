@@ -15,7 +15,8 @@ from typing import Any
 from llmos.core.syscall import syscall
 from llmos.errors import ToolFailed
 from llmos.kernel.kernel import Kernel
-from llmos.shell.app import HELP, SHELL_FS_CAPS, LlmosShell
+from llmos.kernel.oneshot import MEMORY_CAPS
+from llmos.shell.app import HELP, LlmosShell
 from llmos.shell.screens import ApprovalScreen, FsBrowser, HelpScreen
 from tests.conftest import scripted_factory
 
@@ -307,7 +308,7 @@ async def test_memory_fs_commands(settings: Any, tmp_path: Path) -> None:
         await typed(pilot, app, "prompts system", "You are helpful.")
         # Each of these ran as its own process with only the syscall's capability.
         caps = {p.name: p.caps for p in kernel.procs.values()}
-        assert caps["sh:fs.write"] == SHELL_FS_CAPS
+        assert caps["sh:fs.write"] == MEMORY_CAPS
     await kernel.shutdown()
 
 

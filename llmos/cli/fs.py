@@ -129,7 +129,7 @@ def run_local(name: str, args: dict[str, Any], *, progress: bool = False) -> Any
     import asyncio
 
     from llmos.kernel.kernel import Kernel
-    from llmos.syscalls.oneshot import run_syscall
+    from llmos.kernel.oneshot import run_syscall
 
     settings = _settings()
     label = f"cli:{name}"

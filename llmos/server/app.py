@@ -192,7 +192,7 @@ class Api:
         Memory and QA calls get the trusted caller's memory capabilities; any other syscall
         gets just its own capability, and the daemon's approval policy decides the rest
         (a non-interactive `ask` means deny)."""
-        from llmos.syscalls.oneshot import run_syscall
+        from llmos.kernel.oneshot import run_syscall
 
         try:
             return await run_syscall(

@@ -24,7 +24,6 @@ from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from llmos.config import Settings
 from llmos.shell.backend import (
-    SHELL_FS_CAPS,
     CommandError,
     LocalBackend,
     RemoteBackend,
@@ -32,7 +31,7 @@ from llmos.shell.backend import (
 )
 from llmos.shell.history import CommandHistory
 
-__all__ = ["COMMANDS", "HELP", "SHELL_FS_CAPS", "CommandError", "LlmosShell"]
+__all__ = ["COMMANDS", "HELP", "CommandError", "LlmosShell"]
 
 COMMANDS: dict[str, str] = {
     "<text>": "chat with the assistant (streams the answer; it remembers the conversation)",

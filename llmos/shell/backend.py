@@ -18,11 +18,9 @@ from typing import Any
 
 from llmos.config import Settings
 from llmos.core.process import ProcessState
-from llmos.syscalls.oneshot import MEMORY_CAPS
 
 # The person at the shell owns the memory FS (as the server's trusted caller does); other
-# syscalls run with exactly their own capability (llmos.syscalls.oneshot decides both).
-SHELL_FS_CAPS = MEMORY_CAPS
+# syscalls run with exactly their own capability (llmos.kernel.oneshot decides both).
 
 
 class CommandError(Exception):
@@ -179,7 +177,7 @@ class LocalBackend:
     async def syscall(self, name: str, args: dict[str, Any]) -> Any:
         """One syscall in its own process with just that capability (memory-FS calls: the
         shell user's), so permissions, approval and audit apply as to any agent."""
-        from llmos.syscalls.oneshot import run_syscall
+        from llmos.kernel.oneshot import run_syscall
 
         spec = self.kernel.syscalls.specs.get(name)
         if spec is None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llmos.core.process import Signal
 from llmos.errors import LlmosError, ProcessKilled, ToolFailed
 
 if TYPE_CHECKING:
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 # The person asking owns the memory filesystem (root of it), so memory calls get these;
 # any other syscall runs with exactly its own capability.
-MEMORY_CAPS = frozenset({"fs.*", "qa.*", "llm.*", "memory.*", "prompt.*"})
+# (qa.ask's own generation is covered by qa.*: it needs no llm.* grant.)
+MEMORY_CAPS = frozenset({"fs.*", "qa.*", "memory.*", "prompt.*"})
 MEMORY_PREFIXES = ("fs.", "qa.", "memory.", "prompt.")
 
 
@@ -66,7 +68,6 @@ async def run_syscall(
     `caps_for(kernel, name)`; `label` names the process (default: the syscall's name);
     `on_exit(process)` runs once it has ended (a server keeps a window of them for `ps`).
     If the caller is cancelled, the process is killed with it."""
-    from llmos.core.process import Signal
 
     grants = caps_for(kernel, name) if caps is None else frozenset(caps)
     call = _Call(name, {k: v for k, v in (args or {}).items() if v is not None})

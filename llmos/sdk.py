@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from llmos.config import Settings, load_settings
 from llmos.core.context import Context
+from llmos.errors import LlmosError
+from llmos.kernel.kernel import Kernel
 
 T = TypeVar("T")
 
@@ -88,7 +90,6 @@ class Model:
         settings: Settings | None = None,
         backend_factory: Callable[..., Any] | None = None,
     ) -> None:
-        from llmos.kernel.kernel import Kernel
 
         self.settings = settings or load_settings()
         self.name = name or self.settings.default_model
@@ -117,8 +118,6 @@ class Model:
         )
         code = await self.kernel.wait(proc.pid)
         if code != 0:
-            from llmos.errors import LlmosError
-
             raise LlmosError(f"task process {proc.pid} failed ({proc.exit_reason}): {proc.error}")
         r = proc.result
         return TaskResult(r["text"], proc.pid, r["tokens"], r["finish_reason"])
