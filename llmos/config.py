@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     embed_model: str = Field(
         "all-MiniLM-L6-v2", description="sentence-transformers model for memory"
     )
+    mount_max_file_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=0,
+        description="largest host file a mount reads (larger: skipped as too large; 0: no cap)",
+    )
     # -- `llmos serve`: the REST daemon ------------------------------------------------
     server_host: str = Field(
         "127.0.0.1", description="address `llmos serve` binds (anything but loopback needs api_key)"

@@ -12,7 +12,8 @@
     │   ├── BadArguments
     │   ├── PermissionDenied
     │   ├── ApprovalDenied
-    │   └── ToolFailed
+    │   ├── ToolFailed
+    │   └── NothingIndexed          a search or question over a scope with no indexed text
     ├── GenerationError             generation could not go on
     │   └── ContextOverflow         prompt + max_tokens does not fit: never silently truncated
     └── ProcessError
@@ -83,6 +84,13 @@ class ApprovalDenied(SyscallError):
 
 class ToolFailed(SyscallError):
     kind = "tool_failed"
+
+
+class NothingIndexed(SyscallError):
+    """A semantic search or a question over a scope where no text is indexed: said in one
+    line, rather than an empty answer or the vector store's own error."""
+
+    kind = "nothing_indexed"
 
 
 class GenerationError(LlmosError):

@@ -198,6 +198,62 @@ def test_qa_cites_the_mounted_source(local: Path, real_model_path: Path) -> None
     assert text.rstrip().endswith("sources:\n  /mnt/docs/bikes.txt")
 
 
+def test_mount_says_what_it_skipped_and_empty_scopes_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain text without a known suffix is mounted; the rest is counted by reason (and
+    listed with --verbose); search and qa over a scope with nothing indexed are one line."""
+    monkeypatch.setenv("LLMOS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LLMOS_MOUNT_MAX_FILE_BYTES", "4096")
+    host = tmp_path / "plain"
+    host.mkdir()
+    (host / "README").write_text("Basil wants six hours of sun a day and warm soil.")
+    (host / "NOTES.0").write_text("Version-like name: thyme survives a dry summer.")
+    (host / "big.log").write_text("x" * 5000)
+    (host / "photo").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (host / ".git").mkdir()
+    (host / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (host / "skip.me").write_text("left out by a glob")
+    args = ["mount", str(host), "plain", "--local", "--no-progress", "--exclude", "*.me"]
+    lines = ok(fs(*args, "--verbose")).splitlines()
+    assert lines == [
+        f"mounted {host.resolve()} at /mnt/plain: 2 files (2 added, 0 updated, 0 unchanged, "
+        "0 removed); 2 indexed; skipped 4: excluded 2, binary 1, too large 1",
+        "  .git/  excluded (by default)",
+        "  big.log  too large (4.9 KB > mount_max_file_bytes 4.0 KB)",
+        "  photo  binary (PNG image)",
+        "  skip.me  excluded (--exclude *.me)",
+    ]
+    out = json.loads(ok(fs(*args, "--include", "README", "--json")))
+    assert (out["files"], out["unchanged"], out["removed"]) == (1, 1, 1)
+    assert out["skipped_by"] == {"excluded": 5}  # (not matched by --include: not read)
+    hits = json.loads(ok(fs("search", "how much sun for basil", "/mnt/plain", "--local", "--json")))
+    assert hits[0]["path"] == "/mnt/plain/README"
+
+    empty = tmp_path / "binaries"
+    empty.mkdir()
+    (empty / "x.bin").write_bytes(b"\x00\x01")
+    out = ok(fs("mount", str(empty), "bin", "--local")).rstrip()
+    assert out.endswith(
+        "0 files (0 added, 0 updated, 0 unchanged, 0 removed); 0 indexed; skipped 1: binary 1"
+    )
+    want = "error: nothing indexed under /mnt/bin"
+    assert one_line_error(fs("search", "basil", "/mnt/bin", "--local")) == want
+    qa_args = ["qa", "how much sun?", "--scope", "/mnt/bin", "--local"]
+    assert one_line_error(runner.invoke(app, qa_args)) == want
+
+
+def test_fsck_progress_shows_without_a_terminal(local: Path) -> None:
+    """Asked for (--progress) with stderr not a terminal: plain lines with counts and rate,
+    not a bar that a file shows only at the end."""
+    out = ok(fs("fsck", "--rebuild", "--local", "--progress"))
+    progress = [ln for ln in out.splitlines() if ln.startswith("indexing chunks: ")]
+    assert progress and progress[-1].split(",")[0].endswith("(100%)"), out
+    assert "chunks/s" in progress[-1]
+    quiet = ok(fs("fsck", "--local"))  # quick work, not asked: only the report
+    assert quiet.splitlines()[0].split()[0] == "files"
+
+
 # -- through a daemon -------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -270,6 +326,21 @@ def test_remote_mount_follows_the_daemons_approval_policy(
     )
     assert hits[0]["path"] == "/mnt/kb/notes/volcano.md"
     assert ok(fs("umount", "kb", "--url", url)) == "unmounted /mnt/kb (5 entries)\n"
+
+
+def test_remote_mount_takes_globs_and_reports_skips(daemon: tuple[str, Any], docs: Path) -> None:
+    url = daemon[0]
+    kernel = daemon[1].state.api.kernel
+    kernel.syscalls.policy["fs.mount"] = "allow"
+    try:
+        args = ["mount", str(docs), "kb2", "--url", url, "--exclude", "notes", "--verbose"]
+        lines = ok(fs(*args)).splitlines()
+    finally:
+        del kernel.syscalls.policy["fs.mount"]
+    assert lines[0].startswith(f"mounted {docs} at /mnt/kb2: 2 files (2 added, 0 updated")
+    assert lines[0].endswith("skipped 2: binary 1, excluded 1")
+    assert lines[1:] == ["  notes/  excluded (--exclude notes)", "  photo.png  binary (.png file)"]
+    assert ok(fs("umount", "kb2", "--url", url)) == "unmounted /mnt/kb2 (3 entries)\n"
 
 
 def test_default_goes_to_a_running_daemon(

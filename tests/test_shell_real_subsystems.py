@@ -17,6 +17,7 @@ async def test_memory_fs_commands_on_the_real_filesystem(settings: Any, tmp_path
     host = tmp_path / "docs"
     host.mkdir()
     (host / "llamas.md").write_text("Llamas are domesticated camelids from the Andes.\n")
+    (host / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # skipped, and the summary says so
     kernel = Kernel(settings, backend_factory=scripted_factory())
     app = LlmosShell(settings, kernel=kernel)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -30,6 +31,9 @@ async def test_memory_fs_commands_on_the_real_filesystem(settings: Any, tmp_path
         await pilot.press("y")  # fs.mount is high risk: the user confirms it
         await wait_for(pilot, lambda: "[fs.mount for pid" in text(app), steps=1500)
         await typed(pilot, app, "ls /mnt/docs", "llamas.md")
+        assert "1 files (1 added, 0 updated, 0 unchanged, 0 removed)" in text(app)
+        assert "indexed; skipped 1: binary 1" in text(app)
+        assert "  logo.png  binary (.png file)" in text(app)
         await typed(pilot, app, 'search "animals from South America" /mnt', "/mnt/docs/llamas.md")
         await typed(pilot, app, "umount docs", "removed")
         await typed(pilot, app, "rm /home/me/todo.txt", "removed /home/me/todo.txt")

@@ -223,18 +223,15 @@ def chat(
 ) -> None:
     """One-shot chat: stream the answer to stdout."""
     from llmos.agents.programs import chat_program
+    from llmos.cli.progress import Reporter
     from llmos.kernel.kernel import Kernel
 
     async def main() -> int:
         async with Kernel(_settings()) as k:
-            if sys.stderr.isatty():  # loading progress, then the line is cleared
-
-                def progress(f: float) -> None:
-                    sys.stderr.write(
-                        f"\rloading model {f:4.0%}" + ("\r" + " " * 20 + "\r" if f >= 1 else "")
-                    )
-
-                await k.engine(model, progress=progress)
+            # loading progress: a bar cleared once loaded at a terminal, else a line every
+            # few seconds of a long load
+            with Reporter.for_flag(None, transient=True) as rep:
+                await k.engine(model, progress=rep.fraction("load"))
             opts = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
             proc = await k.spawn(chat_program, prompt, opts, name="chat", model=model)
             wrote = False

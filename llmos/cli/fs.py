@@ -27,7 +27,9 @@ from typing import Annotated, Any
 
 import typer
 
+from llmos.cli.progress import Reporter
 from llmos.errors import LlmosError
+from llmos.memory.mountscan import mount_summary, skipped_lines
 
 fs_app = typer.Typer(
     help="The memory filesystem: mounts, files, versions, semantic search, fsck. Works on the "
@@ -93,39 +95,24 @@ def daemon_url(url: str | None, local: bool) -> str | None:
 
 
 @contextmanager
-def _progress(fs: Any, show: bool) -> Iterator[None]:
-    """A rich progress bar on stderr fed by the filesystem's read/index progress."""
-    if not show:
+def _watching(fs: Any, flag: bool | None) -> Iterator[None]:
+    """Progress of the filesystem's long work (a mount's reading, any indexing: mount,
+    fsck) on stderr, as `--progress/--no-progress` asks (see `llmos.cli.progress`)."""
+    reporter = Reporter.for_flag(flag)
+    if reporter.mode == "off":
         yield
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    labels = {"read": "reading files", "index": "indexing chunks"}
-    bar = Progress(
-        TextColumn("{task.description:16}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(phase: str, done: int, total: int) -> None:  # from the mount's worker thread
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
-        bar.update(tasks[phase], completed=done, total=total)
-
-    unwatch = fs.watch(update)
+    unwatch = fs.watch(reporter.update)
     try:
-        with bar:
+        with reporter:
             yield
     finally:
         unwatch()
 
 
-def run_local(name: str, args: dict[str, Any], *, progress: bool = False) -> Any:
-    """Boot a kernel on the data directory, make one syscall as a process, shut down."""
+def run_local(name: str, args: dict[str, Any], *, progress: bool | None = False) -> Any:
+    """Boot a kernel on the data directory, make one syscall as a process, shut down.
+    `progress`: as `--progress/--no-progress` (None: as stderr allows)."""
     import asyncio
 
     from llmos.kernel.kernel import Kernel
@@ -141,10 +128,10 @@ def run_local(name: str, args: dict[str, Any], *, progress: bool = False) -> Any
         async with Kernel(settings) as k:
             k.syscalls.approver = approve
             watch: Any = nullcontext()
-            if progress:
+            if progress is not False:
                 from llmos.memory.syscalls import memory_of
 
-                watch = _progress(memory_of(k), True)
+                watch = _watching(memory_of(k), progress)
             with watch:  # the kernel's shutdown closes the memory FS
                 return await run_syscall(k, name, args, label=label)
 
@@ -172,13 +159,16 @@ def call(
     local: bool,
     *,
     via: Callable[[Any], Any] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> Any:
-    """Syscall `name(**args)` wherever the options say; one `error:` line on failure."""
+    """Syscall `name(**args)` wherever the options say; one `error:` line on failure.
+    `progress`: False none; True always; None as stderr allows (a bar at a terminal, else
+    periodic lines once the work takes a while)."""
     target = daemon_url(url, local)
     if target is None:
         return run_local(name, args, progress=progress)
-    if not progress:
+    if not (progress or (progress is None and sys.stderr.isatty())):
+        # (the daemon does the work and sends no progress: only a terminal gets a spinner)
         return run_remote(target, name, args, via)
     from rich.console import Console
 
@@ -218,30 +208,55 @@ def _show_entries(entries: Any) -> None:
 def fs_mount(
     host: Annotated[Path, typer.Argument(help="host folder to mount read-only")],
     name: Annotated[str, typer.Argument(help="mounted at /mnt/NAME")],
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include", metavar="GLOB",
+            help="only files whose path or name matches (repeatable)",
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", metavar="GLOB",
+            help="leave files and folders whose path or name matches (repeatable)",
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="list skipped files with the reason")
+    ] = False,
     url: UrlOpt = None,
     local: LocalOpt = False,
     as_json: JsonOpt = False,
     progress: Annotated[
         bool | None,
-        typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)"),
+        typer.Option(
+            "--progress/--no-progress",
+            help="progress (default: a bar at a terminal, else a line every 2 s of long work)",
+        ),
     ] = None,
-) -> None:
-    """Mount (or re-sync) a host folder read-only at /mnt/NAME and index it."""
+) -> None:  # fmt: skip
+    """Mount (or re-sync) a host folder read-only at /mnt/NAME and index it.
+
+    Text files are taken by content (any name: README, Makefile, notes.0), PDFs through
+    pypdf; binaries, files over mount_max_file_bytes and tool folders (.git, node_modules,
+    virtualenvs, caches) are skipped, and counted by reason."""
     folder = host.expanduser().resolve()
     if not folder.is_dir():
         raise _fail(f"{host} is not a folder")
-    show = sys.stderr.isatty() if progress is None else progress
-    stats = call("fs.mount", {"host": str(folder), "name": name}, url, local, progress=show)
+    args: dict[str, Any] = {"host": str(folder), "name": name}
+    if include:
+        args["include"] = include
+    if exclude:
+        args["exclude"] = exclude
+    stats = call("fs.mount", args, url, local, progress=progress)
     if as_json:
         _json(stats)
         return
-    counts = ", ".join(
-        f"{stats[k]} {k}" for k in ("added", "updated", "unchanged", "removed") if k in stats
-    )
-    indexed = f"; {stats['indexed']} indexed" if "indexed" in stats else ""
-    typer.echo(
-        f"mounted {folder} at /mnt/{name}: {stats.get('files', 0)} files ({counts}){indexed}"
-    )
+    typer.echo(f"mounted {folder} at /mnt/{name}: {mount_summary(stats)}")
+    if verbose:
+        for line in skipped_lines(stats):
+            typer.echo(line)
 
 
 @fs_app.command("umount")
@@ -405,10 +420,16 @@ def fs_fsck(
     url: UrlOpt = None,
     local: LocalOpt = False,
     as_json: JsonOpt = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="progress (default: a bar at a terminal, else a line every 2 s of long work)",
+        ),
+    ] = None,
 ) -> None:
     """Check the semantic index against the files and repair it."""
-    show = sys.stderr.isatty()
-    report = call("fs.fsck", {"rebuild": rebuild or None}, url, local, progress=show)
+    report = call("fs.fsck", {"rebuild": rebuild or None}, url, local, progress=progress)
     if as_json:
         _json(report)
         return

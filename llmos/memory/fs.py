@@ -17,22 +17,19 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmos.errors import BadArguments, PermissionDenied
+from llmos.errors import BadArguments, NothingIndexed, PermissionDenied
+from llmos.memory import mountscan
 from llmos.memory.paths import TOP_LEVEL, BadPath, ancestors, is_under, normalize, parent, scope_key
 from llmos.memory.procfs import ProcView
 
 ROOT = "root"
 SNAPSHOT_EVERY = 64  # versions: a full copy at least this often, appends in between
-TEXT_SUFFIXES = frozenset(
-    ".txt .md .markdown .rst .py .js .ts .c .h .cpp .rs .go .java .sh .toml .yaml .yml .json "
-    ".csv .html .css .sql .ini .cfg .tex .org .pdf".split()
-)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     path TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL, mode INTEGER NOT NULL,
@@ -593,18 +590,21 @@ class MemoryFS:
         return len(paths)
 
     def _reindex(self, paths: list[str]) -> None:
-        index = self.index
-        known = index.known(paths)  # unchanged chunks keep their vectors
-        index.delete_paths(paths)
+        """Bring these paths' index entries in line with SQLite, in batches (no query per
+        file: an fsck after a crash may have 10,000 of them)."""
         items = []
-        for p in paths:
-            row = self._row(p)
-            if row is not None and row[1] == "file":
-                items.append((p, scope_key(p), str(row[7]), str(row[4])))
-        index.add(
+        for i in range(0, len(paths), 500):
+            part = paths[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT path, sha, content FROM nodes WHERE kind = 'file' AND path IN ({marks})",
+                part,
+            ).fetchall()
+            items += [(str(p), scope_key(str(p)), str(sha), str(text)) for p, sha, text in rows]
+        self.index.replace(
+            paths,
             items,
             progress=(lambda d, t: self._report("index", d, t)) if self._watchers else None,
-            reuse=known,
         )
 
     def fsck(self, *, rebuild: bool = False) -> dict[str, int]:
@@ -676,6 +676,20 @@ class MemoryFS:
         texts = index.texts([cid for cid, _, _, _ in near])
         return [Hit(p, score, texts.get(cid, ""), chunk) for cid, p, score, chunk in near]
 
+    def require_indexed(self, root: str = "/") -> None:
+        """Raise NothingIndexed unless some file under `root` has text to index (what the
+        index holds once its journal is applied): a search or a question over such a scope
+        says so in one line rather than answering from nothing."""
+        root = normalize(root)
+        prefix = root.rstrip("/") + "/"  # "/" itself: every path
+        row = self.db.execute(
+            "SELECT 1 FROM nodes WHERE kind = 'file' AND (path = ? OR substr(path, 1, ?) = ?) "
+            "AND trim(content) != '' LIMIT 1",
+            (root, len(prefix), prefix),
+        ).fetchone()
+        if row is None:
+            raise NothingIndexed(f"nothing indexed under {root}")
+
     def _scopes(self, top: str) -> list[str]:
         prefix = top + "/"
         cur = self.db.execute(
@@ -692,10 +706,17 @@ class MemoryFS:
         *,
         progress: Callable[[int, int], None] | None = None,
         index: bool = True,
-    ) -> dict[str, int]:
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        max_file_bytes: int = mountscan.DEFAULT_MAX_FILE_BYTES,
+    ) -> dict[str, Any]:
         """Mount a host folder read-only at /mnt/<name>, or re-sync it: files whose mtime
         and hash are unchanged are not touched, so a re-sync of an unchanged folder embeds
-        nothing. Text, Markdown, code, and PDF (text through pypdf)."""
+        nothing. Files are taken by content (UTF-8 or BOM'd UTF-16 text, PDF through pypdf;
+        see `mountscan`); `include`/`exclude` globs and `max_file_bytes` (0: no cap) narrow
+        it. The result counts files added, updated, unchanged, removed and indexed, and what
+        was skipped: `skipped` (how many), `skipped_by` (reason -> count) and
+        `skipped_files` (path, reason, detail; the first `mountscan.SKIPPED_LISTED`)."""
         host = Path(host).expanduser().resolve()
         if not host.is_dir():
             raise FsError(f"{host} is not a folder")
@@ -705,10 +726,12 @@ class MemoryFS:
         known = self.db.execute("SELECT host FROM mounts WHERE name = ?", (name,)).fetchone()
         if known is not None and Path(known[0]) != host:
             raise FsError(f"/mnt/{name} is already mounted from another folder")
-        files = sorted(
-            p for p in host.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+        files, skipped = mountscan.scan(
+            host, include=include, exclude=exclude, max_bytes=max_file_bytes
         )
-        stats = {"files": len(files), "added": 0, "updated": 0, "unchanged": 0, "removed": 0}
+        stats: dict[str, Any] = {
+            "files": 0, "added": 0, "updated": 0, "unchanged": 0, "removed": 0,
+        }  # fmt: skip
         seen: set[str] = set()
         with self._tx() as c:
             c.execute("INSERT OR IGNORE INTO mounts(name, host) VALUES (?, ?)", (name, str(host)))
@@ -722,19 +745,22 @@ class MemoryFS:
         tx = self._tx()
         c = tx.__enter__()
         try:
-            for i, f in enumerate(files, 1):
-                rel = f.relative_to(host).as_posix()
+            for i, (f, rel) in enumerate(files, 1):
                 try:
                     vpath = normalize(f"{root}/{rel}")
-                except BadPath:
+                except BadPath as exc:
+                    skipped.append(mountscan.Skip(rel, "bad name", str(exc)))
                     continue
-                seen.add(vpath)
                 mtime = f.stat().st_mtime
                 row = self._row(vpath)
                 if row is not None and row[10] == mtime:
-                    stats["unchanged"] += 1
+                    stats["unchanged"] += 1  # read as text before, and not touched since
                 else:
-                    text = _read_host(f)
+                    try:
+                        text = mountscan.read_text(f)
+                    except mountscan.NotText as exc:
+                        skipped.append(mountscan.Skip(rel, exc.reason, exc.detail))
+                        continue  # (not seen: a file that became binary leaves the mount)
                     if row is not None and row[7] == sha256(text):
                         c.execute(
                             "UPDATE nodes SET source_mtime = ? WHERE path = ?", (mtime, vpath)
@@ -747,6 +773,7 @@ class MemoryFS:
                         )  # fmt: skip
                         stats["updated" if row is not None else "added"] += 1
                         batch += 1
+                seen.add(vpath)
                 if batch >= 500:  # bound one transaction's size
                     tx.__exit__(None, None, None)
                     tx = self._tx()
@@ -765,6 +792,11 @@ class MemoryFS:
             tx.__exit__(type(exc), exc, exc.__traceback__)
             raise
         tx.__exit__(None, None, None)
+        stats["files"] = len(seen)
+        skipped.sort(key=lambda sk: sk.path)
+        stats["skipped"] = len(skipped)
+        stats["skipped_by"] = mountscan.skip_counts(skipped)
+        stats["skipped_files"] = [sk.as_dict() for sk in skipped[: mountscan.SKIPPED_LISTED]]
         if index:
             stats["indexed"] = self.sync_index()
         return stats
@@ -785,12 +817,3 @@ class MemoryFS:
 
     def mounts(self) -> dict[str, str]:
         return {str(n): str(h) for n, h in self.db.execute("SELECT name, host FROM mounts")}
-
-
-def _read_host(path: Path) -> str:
-    if path.suffix.lower() == ".pdf":
-        from pypdf import PdfReader
-
-        reader = PdfReader(str(path))
-        return "\n\n".join((page.extract_text() or "") for page in reader.pages)
-    return path.read_bytes().decode("utf-8", errors="replace")

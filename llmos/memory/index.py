@@ -16,7 +16,10 @@ from llmos.errors import UserError
 
 CHUNK_CHARS = 1000
 CHUNK_OVERLAP = 100
-EMBED_SLICE = 256  # chunks embedded between two progress reports
+# Chunks embedded, then stored, at a time: a progress report every few seconds on 2 cores,
+# and what an interrupted run has stored, the next reuses.
+EMBED_SLICE = 256
+UPSERT_MAX = 4096  # ids in one Chroma call (under its max batch size)
 
 
 def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP) -> list[str]:
@@ -138,12 +141,16 @@ class Index:
         *,
         progress: Callable[[int, int], None] | None = None,
         reuse: dict[str, tuple[str, Any]] | None = None,
-    ) -> None:
+    ) -> set[str]:
         """Index (path, scope, sha, text) files: chunk, embed in large batches, store.
+        Returns the chunk ids stored.
 
         A chunk whose id and text are in `reuse` (what was indexed before, see `known`)
         keeps its vector: appending to a file embeds only its new tail, not the whole file.
-        `progress(chunks embedded, chunks to embed)` is called after each slice is embedded."""
+        Chunks are stored slice by slice as they are embedded, so work cut short (a killed
+        fsck of 10,000 files) is not lost: the next run finds those chunks and reuses them.
+        `progress(chunks embedded, chunks to embed)` is called at the start and after each
+        slice is stored."""
         ids: list[str] = []
         docs: list[str] = []
         metas: list[dict[str, Any]] = []
@@ -153,7 +160,7 @@ class Index:
                 docs.append(piece)
                 metas.append({"path": path, "scope": scope, "sha": sha, "chunk": n})
         if not ids:
-            return
+            return set()
         reuse = reuse or {}
         vectors: list[Any] = [None] * len(ids)
         todo: list[int] = []
@@ -163,22 +170,51 @@ class Index:
                 vectors[i] = old[1]
             else:
                 todo.append(i)
-        step = EMBED_SLICE if progress else max(1, len(todo))  # slices show a long index move
-        for start in range(0, len(todo), step):
-            part = todo[start : start + step]
+        stored = 0  # ids[:stored] are in Chroma
+
+        def store(upto: int) -> None:
+            nonlocal stored
+            for i in range(stored, upto, UPSERT_MAX):
+                j = min(i + UPSERT_MAX, upto)
+                self.collection.upsert(
+                    ids=ids[i:j],
+                    documents=docs[i:j],
+                    metadatas=metas[i:j],  # type: ignore[arg-type]
+                    embeddings=vectors[i:j],  # type: ignore[arg-type]
+                )
+            stored = max(stored, upto)
+
+        if progress is not None:
+            progress(0, len(todo))
+        for start in range(0, len(todo), EMBED_SLICE):
+            part = todo[start : start + EMBED_SLICE]
             for i, vec in zip(part, self.embedder.embed([docs[i] for i in part]), strict=True):
                 vectors[i] = vec
+            self.embedded_chunks += len(part)
+            store(part[-1] + 1)  # (todo ascends: every chunk before this one has its vector)
             if progress is not None:
-                progress(min(start + step, len(todo)), len(todo))
-        self.embedded_chunks += len(todo)
-        step = 4096
-        for i in range(0, len(ids), step):
-            self.collection.upsert(
-                ids=ids[i : i + step],
-                documents=docs[i : i + step],
-                metadatas=metas[i : i + step],  # type: ignore[arg-type]
-                embeddings=vectors[i : i + step],  # type: ignore[arg-type]
-            )
+                progress(min(start + EMBED_SLICE, len(todo)), len(todo))
+        store(len(ids))
+        return set(ids)
+
+    def replace(
+        self,
+        paths: Sequence[str],
+        items: Sequence[tuple[str, str, str, str]],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Make the index hold exactly `items` (path, scope, sha, text) for `paths` (a path
+        without an item is removed): unchanged chunks keep their vectors, new ones are
+        stored as they are embedded (`add`), then chunks no longer there are dropped by id.
+        One query per 256 paths, none per file."""
+        old = self.known(paths)
+        kept = self.add(items, progress=progress, reuse=old)
+        self.delete_ids([cid for cid in old if cid not in kept])
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        for i in range(0, len(ids), UPSERT_MAX):
+            self.collection.delete(ids=list(ids[i : i + UPSERT_MAX]))
 
     def indexed(self) -> dict[str, str]:
         """path → sha of every indexed file (for fsck)."""
@@ -222,6 +258,8 @@ class Index:
         ]
 
     def texts(self, ids: Sequence[str]) -> dict[str, str]:
+        if not ids:  # Chroma rejects an empty id list ("Expected IDs to be a non-empty list")
+            return {}
         got = self.collection.get(ids=list(ids), include=["documents"])
         return dict(zip(got["ids"], got["documents"] or [], strict=False))
 

@@ -167,6 +167,8 @@ async def fs_search(
     """Semantic search: the top-k chunks by meaning under `path`, with scores and paths."""
     fs, p, user = _gate(ctx, "fs.read", path or "/")
     hits = await asyncio.to_thread(fs.search, query, p, k, user)
+    if not hits:  # nothing there at all, or nothing this caller may see: say which
+        fs.require_indexed(p)
     return [h.as_dict() for h in hits]
 
 
@@ -185,10 +187,25 @@ async def fs_rollback(ctx: Context, path: str, version: int) -> dict[str, Any]:
 
 
 @syscall("fs.mount", capability="fs.mount", risk="high")
-async def fs_mount(ctx: Context, host: str, name: str) -> dict[str, int]:
-    """Mount (or re-sync) a host folder read-only at /mnt/<name>."""
+async def fs_mount(
+    ctx: Context,
+    host: str,
+    name: str,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> dict[str, Any]:
+    """Mount (or re-sync) a host folder read-only at /mnt/<name>: its text files (by
+    content), only those matching an `include` glob if any, none matching an `exclude` one.
+    Counts what was added, updated, skipped (and why)."""
     fs, _, _ = _gate(ctx, "fs.mount", f"/mnt/{name}")
-    return await asyncio.to_thread(fs.mount, host, name)
+    return await asyncio.to_thread(
+        fs.mount,
+        host,
+        name,
+        include=include or (),
+        exclude=exclude or (),
+        max_file_bytes=ctx.kernel.settings.mount_max_file_bytes,
+    )
 
 
 @syscall("fs.umount", capability="fs.mount", risk="medium")
@@ -213,6 +230,9 @@ async def qa_ask(
     from llmos.memory.qa import ask  # langchain loads only when a question is asked
 
     fs, p, _user = _gate(ctx, "fs.read", scope)
+    # Before the chain (and the model): no answer made up from an empty context. SQLite
+    # decides, as the index catches up from its journal before any search.
+    fs.require_indexed(p)
     return await ask(ctx, fs, question, p, k, max_tokens)
 
 

@@ -23,6 +23,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from llmos.config import Settings
+from llmos.memory.mountscan import mount_summary, skipped_lines
 from llmos.shell.backend import (
     CommandError,
     LocalBackend,
@@ -642,7 +643,13 @@ class LlmosShell(App[None]):
         if len(args) != 2:
             raise CommandError("usage: mount HOSTDIR NAME")
         host = _host_path(args[0])
-        self.say(_fmt(await self.syscall("fs.mount", host=host, name=args[1])))
+        out = await self.syscall("fs.mount", host=host, name=args[1])
+        if isinstance(out, dict) and "files" in out:  # counts, and what was skipped and why
+            self.say(f"mounted {host} at /mnt/{args[1]}: {mount_summary(out)}")
+            for line in skipped_lines(out, limit=20):  # all: `llmos fs mount --verbose`
+                self.say(line)
+        else:
+            self.say(_fmt(out))
 
     async def cmd_umount(self, args: list[str]) -> None:
         if len(args) != 1:
