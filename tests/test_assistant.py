@@ -15,7 +15,6 @@ from llmos.agents.assistant import ACK, DEFAULT_PERSONA, remembered_fact
 from llmos.config import load_settings
 from llmos.kernel.kernel import Kernel
 from llmos.memory.core import core_append, core_read
-from llmos.memory.syscalls import memory_of
 from tests.conftest import scripted_factory
 
 
@@ -43,7 +42,7 @@ async def ask(kernel: Kernel, message: str, agent: str = "assistant") -> Any:
 
 
 def log_of(kernel: Kernel, agent: str = "assistant") -> str:
-    return memory_of(kernel).read(f"/home/{agent}/recall/log.md")
+    return kernel.memory.read(f"/home/{agent}/recall/log.md")
 
 
 async def test_core_memory_is_pinned_and_turns_carry_over_to_the_next_process(
@@ -54,7 +53,7 @@ async def test_core_memory_is_pinned_and_turns_carry_over_to_the_next_process(
         p = await ask(k, "hi")
         assert p.stdout.getvalue() == "You said: hi"
         assert rec.seen[-1] == f"<|system|>{DEFAULT_PERSONA}\n<|user|>hi\n"
-        core_append(memory_of(k), "assistant", "human", "- likes tea")
+        core_append(k.memory, "assistant", "human", "- likes tea")
     # A new kernel on the same data dir: the conversation continues from disk.
     async with Kernel(settings, backend_factory=scripted_factory(responder=rec)) as k:
         p = await ask(k, "again")
@@ -67,7 +66,7 @@ async def test_core_memory_is_pinned_and_turns_carry_over_to_the_next_process(
             "**user**: hi\n\n**assistant**: You said: hi\n\n"
             "**user**: again\n\n**assistant**: You said: again\n\n"
         )
-        state = json.loads(memory_of(k).read("/home/assistant/state.json"))
+        state = json.loads(k.memory.read("/home/assistant/state.json"))
         assert state["turns"] == [
             ["user", "hi"], ["assistant", "You said: hi"],
             ["user", "again"], ["assistant", "You said: again"],
@@ -79,7 +78,7 @@ async def test_agents_have_separate_homes(scripted_kernel: Kernel) -> None:
     await ask(scripted_kernel, "I am the default's")
     assert "bob's" in log_of(scripted_kernel, "bob")
     assert "bob's" not in log_of(scripted_kernel)
-    fs = memory_of(scripted_kernel)
+    fs = scripted_kernel.memory
     assert fs.stat("/home/bob").owner == "bob" and fs.stat("/home/bob").mode == 0o700
 
 
@@ -105,7 +104,7 @@ async def test_remember_appends_to_the_human_block_without_the_model(settings: A
         p = await ask(k, "remember that I live in Paris")
         assert p.stdout.getvalue() == ACK
         assert rec.seen == []  # the rule answered; no generation
-        assert core_read(memory_of(k), "assistant")["human"] == "- I live in Paris"
+        assert core_read(k.memory, "assistant")["human"] == "- I live in Paris"
         await ask(k, "where do I live?")
         assert rec.seen[-1] == (
             f"<|system|>{DEFAULT_PERSONA}\n\nWhat you know about the user:\n- I live in Paris\n"
@@ -132,7 +131,7 @@ async def test_turns_past_75_percent_of_the_context_fold_into_a_summary(tmp_path
             f"and decisions.\n\nuser: {m[1]}\nassistant: You said: {m[1]}\nuser: {m[2]}"
             f"\nassistant: You said: {m[2]}\n\nSummary:\n"
         )
-        fs = memory_of(k)
+        fs = k.memory
         assert fs.read("/home/assistant/recall/summary.md") == "SUMMARY 1"
         assert rec.seen[-1] == (
             f"<|system|>{DEFAULT_PERSONA}\n\nSummary of the earlier conversation:\nSUMMARY 1\n"
@@ -179,7 +178,7 @@ async def test_two_questions_at_once_to_one_agent_both_stay_in_its_turns(setting
         first = await k.spawn("assistant", "one", "assistant", name="assistant")
         second = await k.spawn("assistant", "two", "assistant", name="assistant")
         assert await k.wait(first.pid) == 0 and await k.wait(second.pid) == 0
-        state = json.loads(memory_of(k).read("/home/assistant/state.json"))
+        state = json.loads(k.memory.read("/home/assistant/state.json"))
         assert state["turns"] == [
             ["user", "one"], ["assistant", "You said: one"],
             ["user", "two"], ["assistant", "You said: two"],

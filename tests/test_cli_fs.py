@@ -290,9 +290,8 @@ def test_remote_commands(daemon: tuple[str, Any], docs: Path) -> None:
     )
     assert hits[0]["path"] == path
     # the daemon's own kernel did the work: its memory has the file
-    from llmos.memory.syscalls import memory_of
 
-    assert memory_of(kernel).read(path) == DOCS["tea.md"]
+    assert kernel.memory.read(path) == DOCS["tea.md"]
     # the daemon answers qa.ask (scripted model) with the retrieved source cited
     out = json.loads(
         ok(

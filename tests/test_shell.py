@@ -87,7 +87,6 @@ async def test_real_model_answers_in_the_shell(settings: Any, real_model_path: A
 
 
 async def test_the_conversation_is_the_assistants_and_outlives_the_shell(settings: Any) -> None:
-    from llmos.memory.syscalls import memory_of
 
     seen: list[str] = []
 
@@ -108,7 +107,7 @@ async def test_the_conversation_is_the_assistants_and_outlives_the_shell(setting
     assert seen[1].endswith(
         "<|user|>first question\nYou said: first question\n<|user|>second question\n"
     )
-    fs = memory_of(kernel)
+    fs = kernel.memory
     log = fs.read("/home/assistant/recall/log.md")
     assert log.index("**user**: first question") < log.index("**user**: second question")
     assert fs.read("/home/assistant/core/human.md") == "- I keep bees"

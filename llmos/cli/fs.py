@@ -129,9 +129,7 @@ def run_local(name: str, args: dict[str, Any], *, progress: bool | None = False)
             k.syscalls.approver = approve
             watch: Any = nullcontext()
             if progress is not False:
-                from llmos.memory.syscalls import memory_of
-
-                watch = _watching(memory_of(k), progress)
+                watch = _watching(k.memory, progress)
             with watch:  # the kernel's shutdown closes the memory FS
                 return await run_syscall(k, name, args, label=label)
 

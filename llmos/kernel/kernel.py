@@ -33,6 +33,9 @@ from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelLibrary, ModelManager
 from llmos.kernel.proctable import ProcTable
 from llmos.kernel.services import Services
+from llmos.memory.fs import MemoryFS
+from llmos.memory.index import Embedder
+from llmos.memory.service import open_embedder, open_memory
 
 T = TypeVar("T")
 log = logging.getLogger("llmos.kernel")
@@ -74,9 +77,12 @@ class Kernel:
         *,
         backend_factory: Callable[..., Any] | None = None,
         syscall_modules: Iterable[Any] | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self._services = Services(self)
+        if embedder is not None:  # a test's (or an embedder shared with another kernel)
+            self._services.provide(open_embedder, embedder)
         self.library = ModelLibrary(self.settings.data_dir)
         self.models = ModelManager(self.settings, self.library, backend_factory=backend_factory)
         self.syscalls = SyscallTable(policy=dict(self.settings.approvals))
@@ -130,9 +136,6 @@ class Kernel:
                 task.cancel()
         await asyncio.to_thread(self.models.close)
         await asyncio.to_thread(self._services.close_all)
-        memory = self.__dict__.pop("memory", None)  # the memory FS, if anything opened it
-        if memory is not None:
-            await asyncio.to_thread(memory.close)
         if self.table is not None:
             self.syscalls.audit = None
             self.table.close()
@@ -143,6 +146,16 @@ class Kernel:
         """The kernel's instance of a declared service, opened by `open(kernel)` on first
         use and closed at shutdown (see `llmos/kernel/services.py`)."""
         return self._services.get(open)
+
+    @property
+    def memory(self) -> MemoryFS:
+        """The memory filesystem (a declared service: opened on first use)."""
+        return self.service(open_memory)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder the memory FS indexes with and `/v1/embeddings` serves."""
+        return self.service(open_embedder)
 
     # -- events -------------------------------------------------------------------------
     def listen(self, fn: ProcessListener) -> Callable[[], None]:

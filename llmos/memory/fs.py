@@ -119,7 +119,7 @@ class MemoryFS:
         self._embed_model = embed_model
         self._index: Any = None
         self._lock = threading.RLock()
-        # The kernel's process view under /proc (set by `memory_of(kernel)`); None: /proc
+        # The kernel's process view under /proc (set by `kernel.memory`); None: /proc
         # is an empty directory.
         self.proc: ProcView | None = None
         # Progress listeners: fn(phase, done, total) for "read" (mount) and "index" work.

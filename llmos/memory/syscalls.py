@@ -8,29 +8,22 @@ and mode admit the process (its name is its identity). Work that may embed runs 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from llmos.core.context import Context
 from llmos.core.syscall import AuditScope, capability_allows, syscall
 from llmos.errors import PermissionDenied
+from llmos.memory import prompts
+from llmos.memory.core import core_append, core_read, core_replace
+from llmos.memory.fs import MemoryFS
 from llmos.memory.paths import normalize
-
-if TYPE_CHECKING:
-    from llmos.memory.fs import MemoryFS
+from llmos.memory.service import open_memory
 
 
-def memory_of(kernel: Any) -> MemoryFS:
-    """The kernel's filesystem, opened on first use (so a kernel that never touches memory
-    never loads SQLite tables, Chroma or torch), with `/proc` showing the kernel's processes."""
-    fs = kernel.__dict__.get("memory")
-    if fs is None:
-        from llmos.memory.fs import MemoryFS
-        from llmos.memory.procfs import ProcView
-
-        fs = MemoryFS(kernel.settings.data_dir / "memory", embed_model=kernel.settings.embed_model)
-        fs.proc = ProcView.of_kernel(kernel)  # /proc lists this kernel's processes
-        kernel.__dict__["memory"] = fs
-    return fs  # type: ignore[no-any-return]
+def _memory(ctx: Context) -> MemoryFS:
+    """The kernel's filesystem, a declared service opened on first use (so a kernel that
+    never touches memory never loads SQLite tables, Chroma or torch)."""
+    return ctx.kernel.service(open_memory)
 
 
 class _AuditedFS:
@@ -59,8 +52,8 @@ class _AuditedFS:
 
 
 def audited_memory(ctx: Context) -> MemoryFS:
-    """`memory_of` for a process: what it reads and writes shows in the audit log."""
-    return cast("MemoryFS", _AuditedFS(memory_of(ctx.kernel), ctx))
+    """The kernel's filesystem for a process: what it reads and writes shows in the audit log."""
+    return cast("MemoryFS", _AuditedFS(_memory(ctx), ctx))
 
 
 def _user(ctx: Context) -> str:
@@ -77,7 +70,7 @@ def _gate(ctx: Context, capability: str, path: str) -> tuple[MemoryFS, str, str]
         or capability_allows(grants, capability, path.rstrip("/") + "/")  # a dir's own grant
     ):
         raise PermissionDenied(f"process {ctx.pid} may not {capability} {path}")
-    return memory_of(ctx.kernel), path, _user(ctx)
+    return _memory(ctx), path, _user(ctx)
 
 
 @syscall("fs.ls", capability="fs.read")
@@ -218,7 +211,7 @@ async def fs_umount(ctx: Context, name: str) -> dict[str, int]:
 @syscall("fs.fsck", capability="fs.admin")
 async def fs_fsck(ctx: Context, rebuild: bool = False) -> dict[str, int]:
     """Check the semantic index against the files and repair it."""
-    fs = memory_of(ctx.kernel)
+    fs = _memory(ctx)
     return await asyncio.to_thread(fs.fsck, rebuild=rebuild)
 
 
@@ -239,7 +232,6 @@ async def qa_ask(
 @syscall("prompt.render", capability="prompt.render")
 async def prompt_render(ctx: Context, name: str, values: dict[str, str]) -> str:
     """Render /etc/prompts/<name>.txt with `values`; a missing variable is named."""
-    from llmos.memory import prompts
 
     fs, _, user = _gate(ctx, "fs.read", f"{prompts.PROMPT_DIR}/{name}.txt")
     return prompts.render(prompts.load(fs, name, user), **values)
@@ -248,31 +240,28 @@ async def prompt_render(ctx: Context, name: str, values: dict[str, str]) -> str:
 @syscall("memory.core", capability="memory.core")
 async def memory_core(ctx: Context) -> dict[str, str]:
     """The caller's core memory blocks (persona, human), pinned in its prompts."""
-    from llmos.memory.core import core_read
 
-    return core_read(memory_of(ctx.kernel), ctx.process.name)
+    return core_read(_memory(ctx), ctx.process.name)
 
 
 @syscall("memory.core_append", capability="memory.core")
 async def memory_core_append(ctx: Context, block: str, text: str) -> str:
     """Append a line to one of the caller's core memory blocks."""
-    from llmos.memory.core import core_append
 
-    return core_append(memory_of(ctx.kernel), ctx.process.name, block, text)
+    return core_append(_memory(ctx), ctx.process.name, block, text)
 
 
 @syscall("memory.core_replace", capability="memory.core")
 async def memory_core_replace(ctx: Context, block: str, old: str, new: str) -> str:
     """Replace text in one of the caller's core memory blocks."""
-    from llmos.memory.core import core_replace
 
-    return core_replace(memory_of(ctx.kernel), ctx.process.name, block, old, new)
+    return core_replace(_memory(ctx), ctx.process.name, block, old, new)
 
 
 @syscall("memory.recall", capability="memory.core")
 async def memory_recall(ctx: Context, query: str, k: int = 5) -> list[dict[str, Any]]:
     """Search the caller's own conversation log and summaries by meaning."""
-    fs = memory_of(ctx.kernel)
+    fs = _memory(ctx)
     name = ctx.process.name
     hits = await asyncio.to_thread(fs.search, query, f"/home/{name}/recall", k, name)
     return [h.as_dict() for h in hits]
