@@ -46,7 +46,7 @@ async def bench(n: int, rounds: int) -> None:
                 codes = [await k.wait(p.pid) for p in procs]
                 best_spawn = min(best_spawn, time.perf_counter() - t0)
                 assert codes == [0] * n
-                assert k.table is not None and len(k.history(limit=n + 1)) == n
+                assert k.proctable is not None and len(k.history(limit=n + 1)) == n
     ok = "met" if best_spawn <= 2.0 else "NOT met"
     print(f"spawn + reap {n} processes (best of {rounds})")
     print(f"  bare asyncio tasks     {best_bare * 1e3:8.1f} ms")

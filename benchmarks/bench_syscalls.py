@@ -51,8 +51,8 @@ async def bench(n: int) -> None:
 
             p = await k.spawn(prog, caps=["sys.echo"])
             assert await k.wait(p.pid) == 0, p.error
-            assert k.table is not None
-            rows = len(k.table.audit_rows(pid=p.pid))
+            assert k.proctable is not None
+            rows = len(k.proctable.audit_rows(pid=p.pid))
     base, disp = out["direct handler await"], out["syscall dispatch"]
     print(f"no-op syscall (sys.echo), n={n} each; audit rows written: {rows}")
     for label, xs in out.items():

@@ -188,7 +188,7 @@ async def test_two_questions_at_once_to_one_agent_both_stay_in_its_turns(setting
 
 async def test_the_assistants_memory_reads_and_writes_are_audited(scripted_kernel: Kernel) -> None:
     p = await ask(scripted_kernel, "hi")
-    rows = scripted_kernel.table.audit_rows(pid=p.pid)
+    rows = scripted_kernel.proctable.audit_rows(pid=p.pid)
     names = [r["syscall"] for r in rows]
     assert "kernel:fs.write" in names  # state.json, the persona seeded on first use
     assert "kernel:fs.append" in names  # the recall log

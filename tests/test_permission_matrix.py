@@ -75,9 +75,9 @@ async def test_every_syscall_is_denied_without_its_capability(scripted_kernel: K
         if (denied, granted) != ("permission_denied", "approval_denied"):
             wrong.append(f"{spec.name}: without {denied}, with {granted}")
     assert not wrong, wrong
-    assert k.table is not None
-    k.table.flush()
-    kinds = {r["outcome"] for r in k.table.audit_rows()}
+    assert k.proctable is not None
+    k.proctable.flush()
+    kinds = {r["outcome"] for r in k.proctable.audit_rows()}
     assert {"permission_denied", "approval_denied"} <= kinds
 
 

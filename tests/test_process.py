@@ -200,11 +200,11 @@ async def test_history_survives_restart_and_lost_processes_restart(settings: Any
     await k1.wait(done.pid)
     running = await k1.spawn(sleeper, 0.2, name="interrupted")
     await asyncio.sleep(0)
-    boot1 = k1.table.boot if k1.table else 0
+    boot1 = k1.proctable.boot if k1.proctable else 0
     # The kernel "dies": its table is closed with a process still marked running.
-    assert k1.table is not None
-    k1.table.close()
-    k1.table = None
+    assert k1.proctable is not None
+    k1.proctable.close()
+    k1.proctable = None
     k1.syscalls.audit = None
     await k1.shutdown()
 
@@ -230,11 +230,11 @@ async def test_a_live_kernel_sharing_the_data_dir_is_not_marked_lost(settings: A
     async with Kernel(settings, backend_factory=scripted_factory()) as k1:
         p = await k1.spawn(sleeper, 30)
         await asyncio.sleep(0)  # it starts running
-        assert k1.table is not None
-        db = sqlite3.connect(k1.table.path)
-        db.execute("UPDATE boots SET os_pid=? WHERE boot=?", (os.getppid(), k1.table.boot))
+        assert k1.proctable is not None
+        db = sqlite3.connect(k1.proctable.path)
+        db.execute("UPDATE boots SET os_pid=? WHERE boot=?", (os.getppid(), k1.proctable.boot))
         db.commit()
         async with Kernel(settings, backend_factory=scripted_factory()) as k2:
-            rows = [r for r in k2.history() if r["boot"] == k1.table.boot]
+            rows = [r for r in k2.history() if r["boot"] == k1.proctable.boot]
             assert [r["state"] for r in rows] == ["running"]  # as it is, not lost
         k1.signal(p.pid, Signal.KILL)

@@ -139,8 +139,8 @@ async def test_table_shows_running_and_stopped(scripted_kernel: Kernel) -> None:
 
 
 def _disk_audit(k: Kernel) -> int:
-    assert k.table is not None
-    db = sqlite3.connect(k.table.path)
+    assert k.proctable is not None
+    db = sqlite3.connect(k.proctable.path)
     try:
         return int(db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
     finally:

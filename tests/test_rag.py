@@ -31,7 +31,7 @@ def test_templates_shipped_editable_and_strict(tmp_path: Path) -> None:
     fs = MemoryFS(tmp_path)
     written = prompts.install_defaults(fs)
     assert {p.rsplit("/", 1)[1] for p in written} == {
-        f"{n}.txt" for n in ("system", "react", "rag", "summarize", "writing", "dialogue")
+        f"{n}.txt" for n in ("system", "rag", "summarize", "writing", "dialogue")
     }
     fs.write("/etc/prompts/system.txt", "You are {name}, a pirate.")
     assert prompts.install_defaults(fs) == []  # an edit is never overwritten

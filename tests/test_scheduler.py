@@ -134,6 +134,10 @@ def test_more_sequences_than_slots_swap_without_recompute() -> None:
     # every prompt token was evaluated exactly once: swapping restored state, never recomputed
     assert core.stats.tokens_prefilled == sum(len(core.tokenize(p)) for p in prompts)
     assert all(o.done is not None and o.done.stats.recomputed == 0 for o in outs)
+    # measured per sequence, not a constant: each evaluated exactly its own prompt
+    assert [o.done.stats.prefilled for o in outs if o.done] == [
+        len(core.tokenize(p)) for p in prompts
+    ]
 
 
 def test_round_robin_is_fair_among_equals() -> None:

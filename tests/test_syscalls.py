@@ -104,8 +104,8 @@ async def test_audit_rows_in_sqlite(scripted_kernel: Kernel) -> None:
     await call_as(k, ["calc"], "calc", {"expression": "2*"})
     await call_as(k, [], "calc", {"expression": "1"})
     await call_as(k, ["calc"], "nope", {})
-    assert k.table is not None
-    rows = k.table.audit_rows()
+    assert k.proctable is not None
+    rows = k.proctable.audit_rows()
     assert [(r["syscall"], r["outcome"]) for r in rows] == [
         ("calc", "ok"),
         ("calc", "bad_arguments"),
@@ -115,7 +115,7 @@ async def test_audit_rows_in_sqlite(scripted_kernel: Kernel) -> None:
     assert all(r["pid"] and len(r["args_digest"]) == 16 and r["duration_s"] >= 0 for r in rows)
     import sqlite3
 
-    db = sqlite3.connect(k.table.path)  # the rows are on disk, not only in memory
+    db = sqlite3.connect(k.proctable.path)  # the rows are on disk, not only in memory
     assert db.execute("SELECT count(*) FROM audit").fetchone()[0] == 4
 
 

@@ -56,7 +56,13 @@ class SeqStats:
     reused_tokens: int = 0  # prompt tokens taken from a shared prefix, not evaluated
     generated: int = 0
     swaps: int = 0
-    recomputed: int = 0  # tokens evaluated twice: stays 0 (swaps restore state)
+    prefilled: int = 0  # prompt tokens this sequence had evaluated (decoded in a batch)
+
+    @property
+    def recomputed(self) -> int:
+        """Prompt tokens evaluated more than once, measured: a swap restores KV state
+        instead of re-evaluating, and a reused prefix is not evaluated, so this stays 0."""
+        return max(0, self.prefilled - (self.prompt_tokens - self.reused_tokens))
 
     @property
     def queue_wait(self) -> float | None:
@@ -454,6 +460,7 @@ class EngineCore:
                 seq.pending = None
             else:
                 self.stats.tokens_prefilled += k
+                seq.stats.prefilled += k
             if idx >= 0:
                 token = self.backend.sample(seq.sampler, idx)
                 if seq.state is SeqState.PREFILL:

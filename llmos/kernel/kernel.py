@@ -91,7 +91,7 @@ class Kernel:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listeners: list[ProcessListener] = []
         self._syscall_modules = syscall_modules
-        self.table: ProcTable | None = None  # the persistent process table and audit log
+        self.proctable: ProcTable | None = None  # the persistent process table and audit log
         self.programs: dict[str, Program] = {}  # named programs `proc.spawn` may start
         self.booted = False
         self.boot_time = time.time()
@@ -120,8 +120,8 @@ class Kernel:
                 if not plugin:
                     raise
                 log.warning("tool plug-in: %s", exc)
-        self.table = ProcTable(self.settings.data_dir / "kernel.db")
-        self.syscalls.audit = self.table.audit
+        self.proctable = ProcTable(self.settings.data_dir / "kernel.db")
+        self.syscalls.audit = self.proctable.audit
         for pname, prog in registry.load_programs().items():
             self.programs.setdefault(pname, prog)  # programs set before start() win
         self.booted = True
@@ -136,10 +136,10 @@ class Kernel:
                 task.cancel()
         await asyncio.to_thread(self.models.close)
         await asyncio.to_thread(self._services.close_all)
-        if self.table is not None:
+        if self.proctable is not None:
             self.syscalls.audit = None
-            self.table.close()
-            self.table = None
+            self.proctable.close()
+            self.proctable = None
         self.booted = False
 
     def service(self, open: Callable[[Any], T]) -> T:
@@ -210,7 +210,7 @@ class Kernel:
         except (TypeError, ValueError) as exc:
             raise UserError(f"bad budgets: {exc}") from None
         pid = next(self._pids)
-        boot = self.table.boot if self.table is not None else 0
+        boot = self.proctable.boot if self.proctable is not None else 0
         log_path = self.settings.data_dir / "logs" / f"{boot}-{pid}.log"
         proc = Process(
             pid=pid, name=name or str(getattr(program, "__name__", "proc")), program=program,
@@ -224,8 +224,8 @@ class Kernel:
         if parent is not None and parent in self.procs:
             self.procs[parent].children.append(pid)
         proc.state = ProcessState.READY
-        if self.table is not None:
-            self.table.upsert(proc)
+        if self.proctable is not None:
+            self.proctable.upsert(proc)
         self._emit(proc, "spawn")
         task = asyncio.get_running_loop().create_task(self._run(proc), name=f"pid-{pid}")
         proc.task = task
@@ -238,8 +238,8 @@ class Kernel:
         if not proc.alive:  # killed before its task first ran
             return
         self._set_state(proc, ProcessState.RUNNING)
-        if self.table is not None:
-            self.table.mark(self.table.boot, proc.pid, ProcessState.RUNNING.value)
+        if self.proctable is not None:
+            self.proctable.mark(self.proctable.boot, proc.pid, ProcessState.RUNNING.value)
         code, reason = 0, "exit"
         timer = None
         if proc.budgets.wall_time_s is not None:
@@ -301,9 +301,9 @@ class Kernel:
         proc.stderr.close()
         proc._runnable.set()
         proc._done.set()
-        if self.table is not None:
-            self.table.upsert(proc)
-            self.table.flush()
+        if self.proctable is not None:
+            self.proctable.upsert(proc)
+            self.proctable.flush()
         self._emit(proc, "exit")
 
     def get(self, pid: int) -> Process:
@@ -313,8 +313,8 @@ class Kernel:
         return proc
 
     async def wait(self, pid: int) -> int:
-        if pid not in self.procs and self.table is not None:
-            row = self.table.row(pid)  # ended and dropped from memory (`keep_reaped`)
+        if pid not in self.procs and self.proctable is not None:
+            row = self.proctable.row(pid)  # ended and dropped from memory (`keep_reaped`)
             if row is not None and row["exit_code"] is not None:
                 return int(row["exit_code"])
         proc = self.get(pid)
@@ -347,8 +347,8 @@ class Kernel:
             for eng, sid in list(proc.generations):
                 eng.pause(sid)
             self._set_state(proc, ProcessState.STOPPED)
-            if self.table is not None:
-                self.table.mark(self.table.boot, proc.pid, proc.state.value)
+            if self.proctable is not None:
+                self.proctable.mark(self.proctable.boot, proc.pid, proc.state.value)
         elif sig is Signal.CONT:
             proc._runnable.set()
             for eng, sid in list(proc.generations):
@@ -356,8 +356,8 @@ class Kernel:
             self._set_state(
                 proc, ProcessState.BLOCKED if proc.generations else ProcessState.RUNNING
             )
-            if self.table is not None:
-                self.table.mark(self.table.boot, proc.pid, ProcessState.RUNNING.value)
+            if self.proctable is not None:
+                self.proctable.mark(self.proctable.boot, proc.pid, ProcessState.RUNNING.value)
 
     def over_budget(self, proc: Process, what: str) -> None:
         """Kill a process that went over one of its budgets, saying which."""
@@ -377,14 +377,14 @@ class Kernel:
 
     def history(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """Process rows from the persistent table, this boot's and earlier ones'."""
-        return self.table.history(limit=limit) if self.table is not None else []
+        return self.proctable.history(limit=limit) if self.proctable is not None else []
 
     async def restart_lost(self, boot: int, pid: int) -> Process:
         """Start again a process an earlier kernel lost, from its persisted row."""
         import json
 
-        assert self.table is not None
-        rows = [r for r in self.table.lost() if r["boot"] == boot and r["pid"] == pid]
+        assert self.proctable is not None
+        rows = [r for r in self.proctable.lost() if r["boot"] == boot and r["pid"] == pid]
         if not rows:
             raise NoSuchProcess(f"no lost process {pid} from boot {boot}")
         row = rows[0]
@@ -394,7 +394,7 @@ class Kernel:
             caps=json.loads(row["caps"] or "[]"), model=row["model"],
             budgets=json.loads(row["budgets"] or "{}"),
         )  # fmt: skip
-        self.table.mark(boot, pid, "restarted")
+        self.proctable.mark(boot, pid, "restarted")
         return proc
 
     def renice(self, pid: int, nice: int) -> None:

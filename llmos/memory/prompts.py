@@ -17,14 +17,10 @@ if TYPE_CHECKING:
 
 PROMPT_DIR = "/etc/prompts"
 
+# (No `react` template: the ReAct agent's prompt is a JSON-action format built with its
+# grammar in llmos/agents/react.py; a template here that it never read only misled.)
 DEFAULTS: dict[str, str] = {
     "system": "You are {name}, an agent running on llmos. Be brief and accurate.\n",
-    "react": (
-        "Answer the question using the tools.\n\nTools:\n{tools}\n\n"
-        "Use this format:\nThought: what to do next\nAction: a tool name\n"
-        "Action Input: its JSON arguments\nObservation: the result\n"
-        "... (repeat as needed)\nFinal Answer: the answer\n\nQuestion: {input}\n{scratchpad}"
-    ),
     "rag": (
         "Use the context below to answer the question. If the context does not contain "
         "the answer, say you don't know.\n\nContext:\n{context}\n\n"

@@ -1,4 +1,4 @@
-"""Process syscalls: spawn, wait, kill, and mailboxes between processes (IPC)."""
+"""Process syscalls: spawn, wait, kill, ps, and mailboxes between processes (IPC)."""
 
 from __future__ import annotations
 
@@ -150,3 +150,9 @@ async def recv(ctx: Context, timeout_s: float | None = None) -> dict[str, Any]:
             return await ctx.process.mailbox.get()
     except TimeoutError:
         raise ToolFailed(f"ipc.recv: no message within {timeout_s} s") from None
+
+
+@syscall("proc.ps")
+async def ps(ctx: Context) -> list[dict[str, Any]]:
+    """List processes: pid, name, state, priority, model, tokens."""
+    return ctx.kernel.ps()

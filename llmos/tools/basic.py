@@ -1,4 +1,4 @@
-"""Small built-in tool syscalls: time, arithmetic, process listing, echo."""
+"""Small built-in tool syscalls: time, arithmetic, echo."""
 
 from __future__ import annotations
 
@@ -124,9 +124,3 @@ async def now(ctx: Context) -> str:
 async def echo(ctx: Context, text: str) -> str:
     """Return the text unchanged (a no-op syscall, for tests and benchmarks)."""
     return text
-
-
-@syscall("proc.ps")
-async def ps(ctx: Context) -> list[dict[str, Any]]:
-    """List processes: pid, name, state, priority, model, tokens."""
-    return ctx.kernel.ps()
