@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from llmos.cli.common import fail, run_async, run_streamed, settings
 from llmos.errors import ApprovalDenied, LlmosError, UserError
 
 if TYPE_CHECKING:
+    from llmos.core.process import Process
     from llmos.core.syscall import Policy
+    from llmos.kernel.kernel import Kernel
 
 app = typer.Typer(
     name="llmos",
@@ -28,33 +31,11 @@ models_app = typer.Typer(help="The model library: list, add, remove, info.", no_
 app.add_typer(models_app, name="models")
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear line to stderr and exit with `code` (2: bad input)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Any:
-    from llmos.config import load_settings
-
-    try:
-        return load_settings()
-    except UserError as exc:
-        raise fail(str(exc)) from None
-
-
-def run_async(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except LlmosError as exc:
-        raise fail(str(exc)) from None
-
-
 # -- models ------------------------------------------------------------------------------
 def _library() -> Any:
     from llmos.kernel.models import ModelLibrary
 
-    return ModelLibrary(_settings().data_dir)
+    return ModelLibrary(settings().data_dir)
 
 
 def _human(n: int) -> str:
@@ -120,7 +101,7 @@ def models_remove(name: str) -> None:
 def models_info(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show a model's metadata, read from its GGUF header."""
     try:
-        info = _library().info(name, _settings().chat_formats)
+        info = _library().info(name, settings().chat_formats)
     except LlmosError as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -140,7 +121,7 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print the effective settings and where each value came from."""
     from llmos.config import config_file_path
 
-    s = _settings()
+    s = settings()
     sources = s.sources()
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in s.model_dump().items()}
     if as_json:
@@ -159,7 +140,7 @@ def doctor() -> None:
     """Check the llama.cpp build (CPU features, GPU offload, threads) and the default models."""
     from llmos.kernel.models import smollm2_path
 
-    s = _settings()
+    s = settings()
     ok = True
     try:
         from llmos.kernel.llama_backend import system_info
@@ -227,7 +208,7 @@ def chat(
     from llmos.kernel.kernel import Kernel
 
     async def main() -> int:
-        async with Kernel(_settings()) as k:
+        async with Kernel(settings()) as k:
             # loading progress: a bar cleared once loaded at a terminal, else a line every
             # few seconds of a long load
             with Reporter.for_flag(None, transient=True) as rep:
@@ -261,18 +242,6 @@ def chat(
 def _last_line(proc: Any) -> str:
     text = proc.stdout.getvalue().strip().splitlines()
     return text[-1] if text else f"process exited with {proc.exit_code}"
-
-
-async def stream_to_exit(kernel: Any, proc: Any) -> int:
-    """Copy a process's stdout to ours as it streams; its traceback (if any) to stderr.
-    (The kernel's crash line, which ends the stream, puts the report on a line of its own.)"""
-    async for chunk in proc.stdout.follow():
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    code: int = await kernel.wait(proc.pid)
-    if proc.error:
-        sys.stderr.write(proc.error)
-    return code
 
 
 def load_program(path: Path) -> Any:
@@ -311,31 +280,27 @@ def run(
     ] = None,
 ) -> None:  # fmt: skip
     """Run a scripted agent program (`async def main(ctx, *args)`) as a kernel process."""
-    from llmos.kernel.kernel import DEFAULT_CAPS, Kernel
+    from llmos.kernel.kernel import DEFAULT_CAPS
 
     main = load_program(program)
     grants = _grants(cap or [])
     policy = _approvals(approve or [])
 
-    async def go() -> int:
-        async with Kernel(_settings()) as k:
-            unknown = sorted(set(policy) - set(k.syscalls.names()))
-            if unknown:
-                raise UserError(
-                    f"--approve {unknown[0]}: no such syscall (llmos run approves syscalls by "
-                    "their exact name, as the approvals setting does)"
-                )
-            k.syscalls.policy.update(policy)
-            # `ask` asks here; without a terminal it denies, saying how to allow instead.
-            k.syscalls.approver = terminal_approver(hint="--approve {name}=allow")
-            proc = await k.spawn(
-                main, *(args or []), name=program.stem, model=model,
-                caps=[*DEFAULT_CAPS, *grants],
-            )  # fmt: skip
-            return await stream_to_exit(k, proc)
+    async def start(k: Kernel) -> Process:
+        unknown = sorted(set(policy) - set(k.syscalls.names()))
+        if unknown:
+            raise UserError(
+                f"--approve {unknown[0]}: no such syscall (llmos run approves syscalls by "
+                "their exact name, as the approvals setting does)"
+            )
+        k.syscalls.policy.update(policy)
+        # `ask` asks here; without a terminal it denies, saying how to allow instead.
+        k.syscalls.approver = terminal_approver(hint="--approve {name}=allow")
+        return await k.spawn(
+            main, *(args or []), name=program.stem, model=model, caps=[*DEFAULT_CAPS, *grants]
+        )
 
-    code = run_async(go())
-    raise typer.Exit(code if 0 <= code < 256 else 1)
+    run_streamed(start)
 
 
 @app.command()
@@ -347,7 +312,7 @@ def history(
     """Processes of this and earlier kernels, newest first, from the SQLite process table."""
     from llmos.kernel.proctable import ProcTable
 
-    table = ProcTable(_settings().data_dir / "kernel.db")  # marks what dead kernels lost
+    table = ProcTable(settings().data_dir / "kernel.db")  # marks what dead kernels lost
     try:
         rows = table.lost()[:limit] if lost else table.history(limit=limit)
     finally:
@@ -369,21 +334,17 @@ def restart(
     ref: Annotated[str, typer.Argument(help="BOOT:PID of a lost process (llmos history --lost)")],
 ) -> None:
     """Start again a process that a dead kernel lost, with its program, args and caps."""
-    from llmos.kernel.kernel import Kernel
-
     boot_s, _, pid_s = ref.partition(":")
     if not (boot_s.isdigit() and pid_s.isdigit()):
         raise fail(f"expected BOOT:PID such as 3:12, got {ref!r}")
 
-    async def go() -> int:
-        async with Kernel(_settings()) as k:
-            k.syscalls.approver = terminal_approver()
-            proc = await k.restart_lost(int(boot_s), int(pid_s))
-            typer.echo(f"restarted {ref} as pid {proc.pid}", err=True)
-            return await stream_to_exit(k, proc)
+    async def start(k: Kernel) -> Process:
+        k.syscalls.approver = terminal_approver()
+        proc = await k.restart_lost(int(boot_s), int(pid_s))
+        typer.echo(f"restarted {ref} as pid {proc.pid}", err=True)
+        return proc
 
-    code = run_async(go())
-    raise typer.Exit(code if 0 <= code < 256 else 1)
+    run_streamed(start)
 
 
 def _grants(caps: list[str]) -> list[str]:
@@ -446,19 +407,16 @@ def agent(
 ) -> None:
     """Solve a task with the ReAct agent (one grammar-constrained tool call per step)."""
     from llmos.agents.react import react_program
-    from llmos.kernel.kernel import DEFAULT_CAPS, Kernel
+    from llmos.kernel.kernel import DEFAULT_CAPS
 
-    async def go() -> int:
-        async with Kernel(_settings()) as k:
-            k.syscalls.approver = terminal_approver()
-            caps = [*DEFAULT_CAPS, *(grant or [])]
-            proc = await k.spawn(
-                react_program, task, tool, max_steps, name="agent", model=model, caps=caps
-            )
-            return await stream_to_exit(k, proc)
+    async def start(k: Kernel) -> Process:
+        k.syscalls.approver = terminal_approver()
+        caps = [*DEFAULT_CAPS, *(grant or [])]
+        return await k.spawn(
+            react_program, task, tool, max_steps, name="agent", model=model, caps=caps
+        )
 
-    code = run_async(go())
-    raise typer.Exit(code if 0 <= code < 256 else 1)
+    run_streamed(start)
 
 
 @app.command()
@@ -473,7 +431,7 @@ def shell(
     ] = None,
 ) -> None:  # fmt: skip
     """Open the interactive Textual shell."""
-    settings = _settings()
+    config = settings()
     if connect:  # an unreachable daemon is one line, before the screen is taken over
         import httpx
 
@@ -487,7 +445,7 @@ def shell(
             raise typer.Exit(2) from None
     from llmos.shell.app import LlmosShell
 
-    LlmosShell(settings=settings, model=model, connect=connect).run()
+    LlmosShell(settings=config, model=model, connect=connect).run()
 
 
 from llmos.cli.fs import register as _register_fs  # noqa: E402

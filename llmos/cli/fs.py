@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
+from llmos.cli.common import fail, settings
 from llmos.cli.progress import Reporter
 from llmos.errors import LlmosError
 from llmos.memory.mountscan import mount_summary, skipped_lines
@@ -48,25 +49,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 PROBE_S = 0.3  # how long the default daemon gets to answer /health
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 # -- where a command runs ----------------------------------------------------------------
-def _settings() -> Any:
-    from llmos.config import load_settings
-
-    try:
-        return load_settings()
-    except LlmosError as exc:
-        raise _fail(str(exc)) from None
-
-
 def daemon_url(url: str | None, local: bool) -> str | None:
     """The daemon a command goes through, or None for an embedded kernel."""
     if url and local:
-        raise _fail("give --url or --local, not both")
+        raise fail("give --url or --local, not both")
     if local:
         return None
     if url:
@@ -78,7 +65,7 @@ def daemon_url(url: str | None, local: bool) -> str | None:
     try:
         target = default_url()
     except LlmosError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         resp = httpx.get(f"{target}/health", timeout=PROBE_S)
     except httpx.HTTPError:
@@ -89,7 +76,7 @@ def daemon_url(url: str | None, local: bool) -> str | None:
         owned = resp.json().get("data_dir")
     except (ValueError, AttributeError):
         owned = None
-    if owned and Path(owned).resolve() != Path(_settings().data_dir).resolve():
+    if owned and Path(owned).resolve() != Path(settings().data_dir).resolve():
         return None
     return target
 
@@ -118,14 +105,14 @@ def run_local(name: str, args: dict[str, Any], *, progress: bool | None = False)
     from llmos.kernel.kernel import Kernel
     from llmos.kernel.oneshot import run_syscall
 
-    settings = _settings()
+    config = settings()
     label = f"cli:{name}"
 
     async def approve(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
         return bool(spec.name == name and ctx.process.name == label)  # the typed call only
 
     async def go() -> Any:
-        async with Kernel(settings) as k:
+        async with Kernel(config) as k:
             k.syscalls.approver = approve
             watch: Any = nullcontext()
             if progress is not False:
@@ -136,7 +123,7 @@ def run_local(name: str, args: dict[str, Any], *, progress: bool | None = False)
     try:
         return asyncio.run(go())
     except LlmosError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def run_remote(url: str, name: str, args: dict[str, Any], via: Callable[[Any], Any] | None) -> Any:
@@ -241,7 +228,7 @@ def fs_mount(
     virtualenvs, caches) are skipped, and counted by reason."""
     folder = host.expanduser().resolve()
     if not folder.is_dir():
-        raise _fail(f"{host} is not a folder")
+        raise fail(f"{host} is not a folder")
     args: dict[str, Any] = {"host": str(folder), "name": name}
     if include:
         args["include"] = include

@@ -12,17 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
+from llmos.cli.common import fail
 from llmos.errors import LlmosError
 
 UrlOpt = Annotated[
     str | None, typer.Option("--url", help="daemon URL (default: from server_host/server_port)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @contextmanager
@@ -38,14 +34,14 @@ def connect(url: str | None) -> Iterator[Any]:
         with Client(target) as c:
             yield c
     except httpx.TransportError as exc:
-        raise _fail(
+        raise fail(
             f"cannot reach the llmos daemon at {target} ({exc}); start it with `llmos serve`"
         ) from None
     except LlmosError as exc:
         message = str(exc)
         if getattr(exc, "code", None) == "approval_denied":
             message += " (the daemon has nobody to ask: its `approvals` setting decides)"
-        raise _fail(message) from None
+        raise fail(message) from None
 
 
 def serve(
@@ -79,7 +75,7 @@ def serve(
         )
         run_server(settings, host=bind, port=port, preload=not no_preload)
     except UserError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def ps(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
