@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from llmos.errors import ConfigError
+
 ENV_PREFIX = "LLMOS_"
 
 
@@ -179,15 +181,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        from llmos.errors import ConfigError
-
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
 def load_settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
-
-    from llmos.errors import ConfigError
 
     _read_toml(config_file_path())  # a broken file is one clear error, not a traceback
     try:

@@ -17,15 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llmos.config import Settings
 from llmos.errors import ModelError, ModelNotFound, UserError
 from llmos.kernel.chat import ChatFormat, choose_format
+from llmos.kernel.engine import EngineCore
 from llmos.kernel.gguf import GGUFInfo, read_gguf
-
-if TYPE_CHECKING:
-    from llmos.config import Settings
-    from llmos.kernel.engine import EngineCore
+from llmos.kernel.llama_backend import LlamaBackend  # llama_cpp itself loads on first use
+from llmos.kernel.scheduler import Policy
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -256,8 +256,6 @@ class ModelManager:
         self._reaper.start()
 
     def _llama_factory(self, entry: ModelEntry, progress: Callable[[float], None]) -> Any:
-        from llmos.kernel.llama_backend import LlamaBackend
-
         s = self.settings
         return LlamaBackend(
             entry.path, name=entry.name, n_slots=s.n_seq_max, n_ctx=s.n_ctx, n_batch=s.n_batch,
@@ -269,9 +267,6 @@ class ModelManager:
         self, name: str | None = None, *, progress: Callable[[float], None] | None = None
     ) -> EngineCore:
         """The engine for a model, loading it (blocking) if needed. Thread-safe."""
-        from llmos.kernel.engine import EngineCore
-        from llmos.kernel.scheduler import Policy
-
         name = name or self.settings.default_model
         with self._lock:
             lm = self.loaded.get(name)

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from platformdirs import user_config_dir
 from pydantic import BaseModel
 
+from llmos.config import config_file_path
 from llmos.core.context import Context
 from llmos.core.syscall import capability_allows, syscall
 from llmos.errors import BadArguments, ToolFailed
@@ -326,10 +328,6 @@ def _kernel_files(ctx: Context) -> list[Path]:
     may hold the API key) and llmos's own config dir (older copies, editor backups). A hidden
     file reads as empty, a hidden dir as an unreadable empty one. The file is hidden by itself
     because `LLMOS_CONFIG` may put it in a directory the sandbox still needs (home, a project)."""
-    from platformdirs import user_config_dir
-
-    from llmos.config import config_file_path
-
     return [ctx.kernel.settings.data_dir, Path(user_config_dir("llmos")), config_file_path()]
 
 
