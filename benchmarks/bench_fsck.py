@@ -63,13 +63,13 @@ def main() -> None:
     n_stale = int(a.files * a.stale)
     fs = MemoryFS(tmp / "mem", embedder=embedder)
     # Set-up, not measured: one transaction per side (an fsync per write would take minutes).
-    with fs._tx() as c:
+    with fs.store.tx() as c:
         for p in paths[:n_stale]:
-            fs._put(c, p, note(rng, a.size, "old"), "root")
+            fs.store.put(c, p, note(rng, a.size, "old"), "root")
     fs.sync_index()  # these were indexed once...
-    with fs._tx() as c:
+    with fs.store.tx() as c:
         for p in paths:  # ...then rewritten, with all the others written for the first time
-            fs._put(c, p, note(rng, a.size, "new"), "root")
+            fs.store.put(c, p, note(rng, a.size, "new"), "root")
     fs.close()  # the crash: the journal still names every path, the index is behind
 
     truth = MemoryFS(tmp / "mem", embedder=embedder)

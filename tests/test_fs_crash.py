@@ -9,8 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from llmos.memory.fs import MemoryFS, sha256
+from llmos.memory.fs import MemoryFS
 from llmos.memory.index import Embedder
+from llmos.memory.store import sha256
 
 WRITER = textwrap.dedent(
     """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos.memory import fs as fsmod
+from llmos.memory import store
 from llmos.memory.fs import MemoryFS, NotFound
 
 
@@ -19,7 +19,7 @@ def stored_bytes(fs: MemoryFS, path: str) -> int:
 def test_appends_store_tails_and_every_version_reads_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fsmod, "SNAPSHOT_EVERY", 4)  # cross several full copies
+    monkeypatch.setattr(store, "SNAPSHOT_EVERY", 4)  # cross several full copies
     fs = MemoryFS(tmp_path / "m")
     want: list[str] = []
     text = ""

@@ -1,9 +1,10 @@
-"""MemoryFS: files and versions in SQLite (WAL, the truth), a Chroma index beside them.
+"""MemoryFS: the filesystem agents see, over a SQLite store (the truth) and a Chroma index.
 
 Durability: every change commits its content, its version and an index-journal row in one
-SQLite transaction before the call returns. The index is brought up to date from that
-journal (before a search, after a mount, at boot by `fsck`), so a crash between content
-and index loses nothing: the journal still names what to re-index.
+SQLite transaction before the call returns (`store`). The index is brought up to date from
+that journal (before a search, after a mount, at boot by `fsck`: `sync`), so a crash
+between content and index loses nothing: the journal still names what to re-index. Host
+folders come in read-only under /mnt (`mounts`).
 
 Permissions: each path has an owner and a mode (owner and other rwx bits, no groups).
 `root` passes every check. Homes are created private (0o700) for their agent.
@@ -12,71 +13,22 @@ Permissions: each path has an owner and a mode (owner and other rwx bits, no gro
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmos.errors import BadArguments, NothingIndexed, PermissionDenied
-from llmos.memory import mountscan
-from llmos.memory.paths import TOP_LEVEL, BadPath, ancestors, is_under, normalize, parent, scope_key
+from llmos.errors import NothingIndexed, PermissionDenied
+from llmos.memory.index import Embedder, Index
+from llmos.memory.mounts import Mounts
+from llmos.memory.paths import TOP_LEVEL, ancestors, is_under, normalize, parent, scope_key
 from llmos.memory.procfs import ProcView
-
-ROOT = "root"
-SNAPSHOT_EVERY = 64  # versions: a full copy at least this often, appends in between
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    path TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL, mode INTEGER NOT NULL,
-    content TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 0,
-    mtime REAL NOT NULL, sha TEXT NOT NULL DEFAULT '', readonly INTEGER NOT NULL DEFAULT 0,
-    source TEXT, source_mtime REAL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    path TEXT NOT NULL, version INTEGER NOT NULL, content TEXT NOT NULL, mtime REAL NOT NULL,
-    delta INTEGER NOT NULL DEFAULT 0, size INTEGER,
-    PRIMARY KEY (path, version)
-);
-CREATE TABLE IF NOT EXISTS index_journal (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mounts (name TEXT PRIMARY KEY, host TEXT NOT NULL);
-"""
-
-
-class FsError(BadArguments):
-    kind = "fs_error"
-
-
-class NotFound(FsError):
-    kind = "not_found"
-
-
-class ReadOnly(FsError):
-    kind = "read_only"
-
-
-@dataclass(frozen=True)
-class Stat:
-    path: str
-    kind: str
-    owner: str
-    mode: int
-    size: int
-    version: int
-    mtime: float
-    readonly: bool
-    source: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mode"] = oct(self.mode)
-        return d
+from llmos.memory.stat import Stat
+from llmos.memory.store import ROOT, FsError, NotFound, ReadOnly, Store
+from llmos.memory.sync import IndexSync
 
 
 @dataclass(frozen=True)
@@ -88,17 +40,6 @@ class Hit:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _can(owner: str, mode: int, user: str, bit: int) -> bool:
-    if user == ROOT:
-        return True
-    shift = 6 if owner == user else 0
-    return bool(mode & (bit << shift))
 
 
 class MemoryFS:
@@ -114,28 +55,28 @@ class MemoryFS:
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._clock = clock
         self._embedder = embedder
         self._embed_model = embed_model
-        self._index: Any = None
-        self._lock = threading.RLock()
+        self._index: Index | None = None
         # The kernel's process view under /proc (set by `kernel.memory`); None: /proc
         # is an empty directory.
         self.proc: ProcView | None = None
         # Progress listeners: fn(phase, done, total) for "read" (mount) and "index" work.
         self._watchers: list[Callable[[str, int, int], None]] = []
-        self.db = sqlite3.connect(
-            self.directory / "memory.db", check_same_thread=False, isolation_level=None
-        )
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk
-        self.db.executescript(_SCHEMA)
-        cols = {str(r[1]) for r in self.db.execute("PRAGMA table_info(versions)")}
-        if "delta" not in cols:  # a data dir from before appends were stored as deltas
-            self.db.execute("ALTER TABLE versions ADD COLUMN delta INTEGER NOT NULL DEFAULT 0")
-            self.db.execute("ALTER TABLE versions ADD COLUMN size INTEGER")
-        with self._tx() as c:
-            now = self._clock()
+        self.store = Store(self.directory / "memory.db", clock)
+        self.db = self.store.db  # for reads that go to the tables directly
+        self._sync = IndexSync(self.store, lambda: self.index, self._report)
+        self._mounts = Mounts(self.store, self._sync, self._report)
+        # Index sync and mounts live in their own modules; bound here, with their full
+        # signatures and docs, so callers keep `fs.fsck()`, `fs.mount(...)` and the rest.
+        self.pending = self.store.pending
+        self.sync_index = self._sync.sync
+        self.fsck = self._sync.fsck
+        self.mount = self._mounts.mount
+        self.umount = self._mounts.umount
+        self.mounts = self._mounts.table
+        with self.store.tx() as c:
+            now = clock()
             for p, mode in [("/", 0o755)] + [(f"/{t}", 0o755) for t in TOP_LEVEL]:
                 c.execute(
                     "INSERT OR IGNORE INTO nodes(path, kind, owner, mode, mtime, readonly) "
@@ -144,20 +85,8 @@ class MemoryFS:
                 )
 
     # -- plumbing ----------------------------------------------------------------------
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
     def close(self) -> None:
-        with self._lock:
-            self.db.close()
+        self.store.close()
 
     def watch(self, fn: Callable[[str, int, int], None]) -> Callable[[], None]:
         """Call `fn(phase, done, total)` as long work advances: phase "read" while a mount
@@ -171,30 +100,13 @@ class MemoryFS:
             fn(phase, done, total)
 
     @property
-    def index(self) -> Any:
+    def index(self) -> Index:
         """The Chroma index, opened (and MiniLM loaded) on first use."""
         if self._index is None:
-            from llmos.memory.index import Embedder, Index
-
             if self._embedder is None:
                 self._embedder = Embedder(self._embed_model)
             self._index = Index(self.directory / "chroma", self._embedder)
         return self._index
-
-    def _row(self, path: str) -> sqlite3.Row | None:
-        cur = self.db.execute(
-            "SELECT path, kind, owner, mode, content, version, mtime, sha, readonly, source, "
-            "source_mtime FROM nodes WHERE path = ?",
-            (path,),
-        )
-        row = cur.fetchone()
-        return row  # type: ignore[no-any-return]
-
-    def _need(self, path: str) -> tuple[Any, ...]:
-        row = self._row(path)
-        if row is None:
-            raise NotFound(f"{path}: no such file or directory")
-        return tuple(row)
 
     def _check(self, user: str, path: str, bit: int, verb: str) -> None:
         """`bit` (4 read, 2 write) on the node or, if absent, its nearest existing parent;
@@ -202,105 +114,28 @@ class MemoryFS:
         if user == ROOT:
             return
         for a in ancestors(path):
-            row = self._row(a)
-            if row is not None and not _can(row[2], row[3], user, 4):
-                raise PermissionDenied(f"{verb} {path}: {a} is private to {row[2]}")
-        row = self._row(path)
+            row = self.store.row(a)
+            if row is not None and not _can(row["owner"], row["mode"], user, 4):
+                raise PermissionDenied(f"{verb} {path}: {a} is private to {row['owner']}")
+        row = self.store.row(path)
         target = path
         while row is None and target != "/":
             target = parent(target)
-            row = self._row(target)
+            row = self.store.row(target)
         if target == "/home" and is_under(path, f"/home/{user}"):
             return  # an agent's own home is created on its first write
-        if row is not None and not _can(row[2], row[3], user, bit):
+        if row is not None and not _can(row["owner"], row["mode"], user, bit):
             raise PermissionDenied(f"{verb} {path}: permission denied for {user}")
 
     def _writable(self, path: str) -> None:
         if path == "/" or path.count("/") == 1:
             raise ReadOnly(f"{path}: top-level directories cannot be changed")
         for p in [path, *ancestors(path)]:
-            row = self._row(p)
-            if row is not None and row[8]:
+            row = self.store.row(p)
+            if row is not None and row["readonly"]:
                 raise ReadOnly(f"{path}: read-only ({p} is read-only)")
         if is_under(path, "/proc"):
             raise ReadOnly(f"{path}: /proc is read-only")
-
-    def _mkparents(self, c: sqlite3.Connection, path: str, user: str) -> None:
-        now = self._clock()
-        for a in ancestors(path):
-            row = self._row(a)
-            if row is None:
-                home = a.count("/") == 2 and a.startswith("/home/")
-                owner = a.split("/")[2] if home else user
-                c.execute(
-                    "INSERT INTO nodes(path, kind, owner, mode, mtime) VALUES (?, 'dir', ?, ?, ?)",
-                    (a, owner, 0o700 if home else 0o755, now),
-                )
-            elif row[1] != "dir":
-                raise FsError(f"{path}: {a} is a file, not a directory")
-
-    def _put(
-        self,
-        c: sqlite3.Connection,
-        path: str,
-        content: str,
-        user: str,
-        *,
-        tail: str | None = None,
-        **extra: Any,
-    ) -> int:
-        """Store `content` as the file's new version. `tail`: what an append added, so the
-        version row holds only that (a full copy every SNAPSHOT_EVERY versions bounds the
-        replay), and a growing log costs its growth, not its size, per version."""
-        row = self._row(path)
-        now = self._clock()
-        sha = sha256(content)
-        if row is not None and row[1] == "dir":
-            raise FsError(f"{path}: is a directory")
-        if row is None:
-            self._mkparents(c, path, user)
-            version = 1
-            c.execute(
-                "INSERT INTO nodes(path, kind, owner, mode, content, version, mtime, sha, "
-                "readonly, source, source_mtime) VALUES (?, 'file', ?, ?, ?, 1, ?, ?, ?, ?, ?)",
-                (
-                    path,
-                    extra.get("owner", user),
-                    extra.get("mode", 0o644),
-                    content,
-                    now,
-                    sha,
-                    int(extra.get("readonly", False)),
-                    extra.get("source"),
-                    extra.get("source_mtime"),
-                ),
-            )
-        else:
-            version = int(row[5]) + 1
-            c.execute(
-                "UPDATE nodes SET content = ?, version = ?, mtime = ?, sha = ?, "
-                "source_mtime = COALESCE(?, source_mtime) WHERE path = ?",
-                (content, version, now, sha, extra.get("source_mtime"), path),
-            )
-        delta = tail is not None and version > 1 and version % SNAPSHOT_EVERY != 0
-        c.execute(
-            "INSERT INTO versions(path, version, content, mtime, delta, size) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (path, version, tail if delta else content, now, int(delta), len(content)),
-        )
-        c.execute("INSERT INTO index_journal(path) VALUES (?)", (path,))
-        return version
-
-    def _subtree(self, root: str) -> list[tuple[Any, ...]]:
-        if root == "/":
-            cur = self.db.execute("SELECT path, kind FROM nodes ORDER BY path")
-        else:
-            cur = self.db.execute(
-                "SELECT path, kind FROM nodes WHERE path = ? OR substr(path, 1, ?) = ? "
-                "ORDER BY path",
-                (root, len(root) + 1, root + "/"),
-            )
-        return [tuple(r) for r in cur.fetchall()]
 
     # -- operations --------------------------------------------------------------------
     def _virtual(self, path: str, user: str, verb: str) -> Stat:
@@ -318,14 +153,14 @@ class MemoryFS:
         if ProcView.covers(path):
             return self._virtual(path, user, "stat")
         self._check(user, path, 4, "stat")
-        r = self._need(path)
-        return Stat(r[0], r[1], r[2], r[3], len(r[4]), r[5], r[6], bool(r[8]), r[9])
+        row = self.store.need(path)
+        return _stat(row, len(row["content"]))
 
     def exists(self, path: str) -> bool:
         path = normalize(path)
         if ProcView.covers(path):
             return self.proc is not None and self.proc.stat(path) is not None
-        return self._row(path) is not None
+        return self.store.row(path) is not None
 
     def ls(self, path: str = "/", user: str = ROOT) -> list[Stat]:
         path = normalize(path)
@@ -333,17 +168,16 @@ class MemoryFS:
             st = self._virtual(path, user, "ls")
             return [st] if st.kind == "file" or self.proc is None else self.proc.entries(path)
         self._check(user, path, 4, "ls")
-        r = self._need(path)
-        if r[1] == "file":
+        if self.store.need(path)["kind"] == "file":
             return [self.stat(path, user)]
         prefix = path.rstrip("/") + "/"
         cur = self.db.execute(
-            "SELECT path, kind, owner, mode, length(content), version, mtime, readonly, source "
-            "FROM nodes WHERE substr(path, 1, ?) = ? AND instr(substr(path, ?), '/') = 0 "
-            "AND path != '/' ORDER BY path",
+            "SELECT path, kind, owner, mode, length(content) AS size, version, mtime, "
+            "readonly, source FROM nodes WHERE substr(path, 1, ?) = ? "
+            "AND instr(substr(path, ?), '/') = 0 AND path != '/' ORDER BY path",
             (len(prefix), prefix, len(prefix) + 1),
         )
-        out = [Stat(p, k, o, m, s, v, t, bool(ro), src) for p, k, o, m, s, v, t, ro, src in cur]
+        out = [_stat(row, row["size"]) for row in cur]
         if path == "/proc" and self.proc is not None:
             out += self.proc.entries(path)
         return out
@@ -361,9 +195,10 @@ class MemoryFS:
         row = self.db.execute("SELECT kind, content FROM nodes WHERE path = ?", (path,)).fetchone()
         if row is None:
             raise NotFound(f"{path}: no such file")
-        if row[0] != "file":
+        if row["kind"] != "file":
             raise FsError(f"{path}: is a directory")
-        return str(row[1])[start:end] if (start or end is not None) else str(row[1])
+        text = str(row["content"])
+        return text[start:end] if (start or end is not None) else text
 
     def write(self, path: str, content: str, user: str = ROOT) -> int:
         """Replace the file's content; returns its new version once committed."""
@@ -372,48 +207,39 @@ class MemoryFS:
             raise FsError("content must be text")
         self._writable(path)
         self._check(user, path, 2, "write")
-        with self._tx() as c:
-            return self._put(c, path, content, user)
+        with self.store.tx() as c:
+            return self.store.put(c, path, content, user)
 
     def append(self, path: str, content: str, user: str = ROOT) -> int:
         path = normalize(path)
         self._writable(path)
         self._check(user, path, 2, "append")
-        with self._tx() as c:
-            row = self._row(path)
-            old = str(row[4]) if row is not None else ""
-            return self._put(c, path, old + content, user, tail=content)
+        with self.store.tx() as c:
+            row = self.store.row(path)
+            old = str(row["content"]) if row is not None else ""
+            return self.store.put(c, path, old + content, user, tail=content)
 
     def mkdir(self, path: str, user: str = ROOT, *, parents: bool = True) -> None:
         path = normalize(path)
         self._writable(path)
         self._check(user, path, 2, "mkdir")
-        with self._tx() as c:
-            row = self._row(path)
+        with self.store.tx() as c:
+            row = self.store.row(path)
             if row is not None:
-                if row[1] == "dir":
+                if row["kind"] == "dir":
                     return
                 raise FsError(f"{path}: a file is there")
-            if not parents and self._row(parent(path)) is None:
+            if not parents and self.store.row(parent(path)) is None:
                 raise NotFound(f"{parent(path)}: no such directory")
-            self._mkparents(c, path, user)
-            home = path.count("/") == 2 and path.startswith("/home/")
-            c.execute(
-                "INSERT INTO nodes(path, kind, owner, mode, mtime) VALUES (?, 'dir', ?, ?, ?)",
-                (
-                    path,
-                    path.split("/")[2] if home else user,
-                    0o700 if home else 0o755,
-                    self._clock(),
-                ),
-            )
+            self.store.mkparents(c, path, user)
+            self.store.add_user_dir(c, path, user)
 
     def chmod(self, path: str, mode: int, user: str = ROOT) -> None:
         path = normalize(path)
-        r = self._need(path)
-        if user not in (ROOT, r[2]):
-            raise PermissionDenied(f"chmod {path}: only its owner {r[2]} may")
-        with self._tx() as c:
+        owner = self.store.need(path)["owner"]
+        if user not in (ROOT, owner):
+            raise PermissionDenied(f"chmod {path}: only its owner {owner} may")
+        with self.store.tx() as c:
             c.execute("UPDATE nodes SET mode = ? WHERE path = ?", (mode & 0o777, path))
 
     def rm(self, path: str, user: str = ROOT, *, recursive: bool = False) -> int:
@@ -421,20 +247,14 @@ class MemoryFS:
         path = normalize(path)
         self._writable(path)
         self._check(user, parent(path), 2, "rm")
-        self._need(path)
-        nodes = self._subtree(path)
+        self.store.need(path)
+        nodes = self.store.subtree(path)
         if len(nodes) > 1 and not recursive:
             raise FsError(f"{path}: directory not empty (use recursive)")
-        if not (path.startswith("/home/") or path.startswith("/tmp/") or user == ROOT):
-            pass
         for p, _kind in nodes:
             self._check(user, p, 2, "rm")
-        with self._tx() as c:
-            for p, kind in nodes:
-                c.execute("DELETE FROM nodes WHERE path = ?", (p,))
-                c.execute("DELETE FROM versions WHERE path = ?", (p,))
-                if kind == "file":
-                    c.execute("INSERT INTO index_journal(path) VALUES (?)", (p,))
+        with self.store.tx() as c:
+            self.store.delete_nodes(c, nodes)
         return len(nodes)
 
     def cp(self, src: str, dst: str, user: str = ROOT) -> int:
@@ -449,39 +269,30 @@ class MemoryFS:
 
     def _copy(self, src: str, dst: str, user: str, *, move: bool) -> int:
         self._check(user, src, 4, "copy")
-        self._need(src)
+        self.store.need(src)
         if is_under(dst, src):
             raise FsError(f"cannot copy {src} into itself ({dst})")
-        d = self._row(dst)
-        if d is not None and d[1] == "dir":
+        if _is_dir(self.store.row(dst)):
             dst = dst.rstrip("/") + "/" + src.rsplit("/", 1)[1]
-            if self._row(dst) is not None and self._row(dst)[1] == "dir":  # type: ignore[index]
+            if _is_dir(self.store.row(dst)):
                 raise FsError(f"{dst}: already exists")
         self._writable(dst)
         self._check(user, dst, 2, "write")
-        nodes = self._subtree(src)
+        nodes = self.store.subtree(src)
         files = 0
-        with self._tx() as c:
+        with self.store.tx() as c:
             for p, kind in nodes:
                 target = dst + p[len(src) :]
                 if kind == "dir":
-                    if self._row(target) is None:
-                        self._mkparents(c, target, user)
-                        c.execute(
-                            "INSERT INTO nodes(path, kind, owner, mode, mtime) "
-                            "VALUES (?, 'dir', ?, 493, ?)",
-                            (target, user, self._clock()),
-                        )
+                    if self.store.row(target) is None:
+                        self.store.mkparents(c, target, user)
+                        self.store.add_dir(c, target, user, 0o755)
                 else:
-                    content = str(self._need(p)[4])
-                    self._put(c, target, content, user)
+                    content = str(self.store.need(p)["content"])
+                    self.store.put(c, target, content, user)
                     files += 1
             if move:
-                for p, kind in nodes:
-                    c.execute("DELETE FROM nodes WHERE path = ?", (p,))
-                    c.execute("DELETE FROM versions WHERE path = ?", (p,))
-                    if kind == "file":
-                        c.execute("INSERT INTO index_journal(path) VALUES (?)", (p,))
+                self.store.delete_nodes(c, nodes)
         return files
 
     def find(self, root: str = "/", pattern: str = "*", user: str = ROOT) -> list[str]:
@@ -495,9 +306,9 @@ class MemoryFS:
                 out.append(p)
         return out
 
-    def _tree(self, root: str) -> list[tuple[Any, ...]]:
+    def _tree(self, root: str) -> list[tuple[str, str]]:
         """(path, kind) under `root`, the /proc view's nodes included, in path order."""
-        nodes = self._subtree(root)
+        nodes = self.store.subtree(root)
         if self.proc is not None:
             nodes = sorted(nodes + [(s.path, s.kind) for s in self.proc.walk(root)])
         return nodes
@@ -537,11 +348,11 @@ class MemoryFS:
         path = normalize(path)
         self._check(user, path, 4, "history")
         cur = self.db.execute(
-            "SELECT version, mtime, COALESCE(size, length(content)) FROM versions "
+            "SELECT version, mtime, COALESCE(size, length(content)) AS size FROM versions "
             "WHERE path = ? ORDER BY version",
             (path,),
         )
-        rows = [{"version": v, "mtime": t, "size": s} for v, t, s in cur]
+        rows = [dict(row) for row in cur]
         if not rows:
             raise NotFound(f"{path}: no history")
         return rows
@@ -559,9 +370,9 @@ class MemoryFS:
             "WHERE path = ? AND version <= ? AND delta = 0) ORDER BY version",
             (path, version, path, version),
         ).fetchall()
-        if not rows or int(rows[-1][0]) != version or int(rows[0][2]) != 0:
+        if not rows or int(rows[-1]["version"]) != version or int(rows[0]["delta"]) != 0:
             raise NotFound(f"{path}: no version {version}")
-        return "".join(str(r[1]) for r in rows)
+        return "".join(str(r["content"]) for r in rows)
 
     def rollback(self, path: str, version: int, user: str = ROOT) -> int:
         """Make `version`'s content current again, as a new version (history is kept)."""
@@ -569,73 +380,10 @@ class MemoryFS:
         self._writable(path)
         self._check(user, path, 2, "rollback")
         text = self._version_text(path, version)
-        with self._tx() as c:
-            return self._put(c, path, text, user)
+        with self.store.tx() as c:
+            return self.store.put(c, path, text, user)
 
     # -- the index ---------------------------------------------------------------------
-    def pending(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM index_journal").fetchone()[0])
-
-    def sync_index(self) -> int:
-        """Apply the index journal; returns files re-indexed. Safe to repeat after a crash:
-        the journal rows go only after Chroma has the chunks."""
-        rows = self.db.execute("SELECT id, path FROM index_journal ORDER BY id").fetchall()
-        if not rows:
-            return 0
-        last = rows[-1][0]
-        paths = sorted({str(p) for _i, p in rows})
-        self._reindex(paths)
-        with self._tx() as c:
-            c.execute("DELETE FROM index_journal WHERE id <= ?", (last,))
-        return len(paths)
-
-    def _reindex(self, paths: list[str]) -> None:
-        """Bring these paths' index entries in line with SQLite, in batches (no query per
-        file: an fsck after a crash may have 10,000 of them)."""
-        items = []
-        for i in range(0, len(paths), 500):
-            part = paths[i : i + 500]
-            marks = ",".join("?" * len(part))
-            rows = self.db.execute(
-                f"SELECT path, sha, content FROM nodes WHERE kind = 'file' AND path IN ({marks})",
-                part,
-            ).fetchall()
-            items += [(str(p), scope_key(str(p)), str(sha), str(text)) for p, sha, text in rows]
-        self.index.replace(
-            paths,
-            items,
-            progress=(lambda d, t: self._report("index", d, t)) if self._watchers else None,
-        )
-
-    def fsck(self, *, rebuild: bool = False) -> dict[str, int]:
-        """Check the index against SQLite and repair it: journal replay, then any file whose
-        indexed hash differs or is missing, and index entries for files that are gone."""
-        replayed = self.sync_index()
-        index = self.index
-        if rebuild:
-            index.client.delete_collection(index.collection.name)
-            index.collection = index.client.get_or_create_collection(
-                index.collection.name, metadata={"hnsw:space": "cosine"}
-            )
-        indexed = index.indexed()
-        truth = {
-            str(p): str(s)
-            for p, s in self.db.execute("SELECT path, sha FROM nodes WHERE kind = 'file'")
-        }
-        stale = [p for p, s in truth.items() if indexed.get(p) != s and s != sha256("")]
-        orphans = [p for p in indexed if p not in truth]
-        if orphans:
-            index.delete_paths(orphans)
-        if stale:
-            self._reindex(stale)
-        return {
-            "files": len(truth),
-            "replayed": replayed,
-            "reindexed": len(stale),
-            "orphans": len(orphans),
-            "chunks": index.count(),
-        }
-
     def search(self, query: str, root: str = "/", k: int = 5, user: str = ROOT) -> list[Hit]:
         """Top-k chunks by meaning under `root`, best first, with scores and source paths."""
         root = normalize(root)
@@ -696,124 +444,22 @@ class MemoryFS:
             "SELECT path FROM nodes WHERE substr(path, 1, ?) = ? AND instr(substr(path, ?), '/') = 0",
             (len(prefix), prefix, len(prefix) + 1),
         )
-        return [str(r[0]) for r in cur] + ([top] if top in ("/tmp", "/etc") else [])
+        return [str(r["path"]) for r in cur] + ([top] if top in ("/tmp", "/etc") else [])
 
-    # -- mounts ------------------------------------------------------------------------
-    def mount(
-        self,
-        host: str | Path,
-        name: str,
-        *,
-        progress: Callable[[int, int], None] | None = None,
-        index: bool = True,
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        max_file_bytes: int = mountscan.DEFAULT_MAX_FILE_BYTES,
-    ) -> dict[str, Any]:
-        """Mount a host folder read-only at /mnt/<name>, or re-sync it: files whose mtime
-        and hash are unchanged are not touched, so a re-sync of an unchanged folder embeds
-        nothing. Files are taken by content (UTF-8 or BOM'd UTF-16 text, PDF through pypdf;
-        see `mountscan`); `include`/`exclude` globs and `max_file_bytes` (0: no cap) narrow
-        it. The result counts files added, updated, unchanged, removed and indexed, and what
-        was skipped: `skipped` (how many), `skipped_by` (reason -> count) and
-        `skipped_files` (path, reason, detail; the first `mountscan.SKIPPED_LISTED`)."""
-        host = Path(host).expanduser().resolve()
-        if not host.is_dir():
-            raise FsError(f"{host} is not a folder")
-        if "/" in name or name in ("", ".", ".."):
-            raise BadPath(f"mount name {name!r} must be a single name")
-        root = normalize(f"/mnt/{name}")
-        known = self.db.execute("SELECT host FROM mounts WHERE name = ?", (name,)).fetchone()
-        if known is not None and Path(known[0]) != host:
-            raise FsError(f"/mnt/{name} is already mounted from another folder")
-        files, skipped = mountscan.scan(
-            host, include=include, exclude=exclude, max_bytes=max_file_bytes
-        )
-        stats: dict[str, Any] = {
-            "files": 0, "added": 0, "updated": 0, "unchanged": 0, "removed": 0,
-        }  # fmt: skip
-        seen: set[str] = set()
-        with self._tx() as c:
-            c.execute("INSERT OR IGNORE INTO mounts(name, host) VALUES (?, ?)", (name, str(host)))
-            if self._row(root) is None:
-                c.execute(
-                    "INSERT INTO nodes(path, kind, owner, mode, mtime, readonly, source) "
-                    "VALUES (?, 'dir', ?, 365, ?, 1, ?)",
-                    (root, ROOT, self._clock(), str(host)),
-                )
-        batch = 0
-        tx = self._tx()
-        c = tx.__enter__()
-        try:
-            for i, (f, rel) in enumerate(files, 1):
-                try:
-                    vpath = normalize(f"{root}/{rel}")
-                except BadPath as exc:
-                    skipped.append(mountscan.Skip(rel, "bad name", str(exc)))
-                    continue
-                mtime = f.stat().st_mtime
-                row = self._row(vpath)
-                if row is not None and row[10] == mtime:
-                    stats["unchanged"] += 1  # read as text before, and not touched since
-                else:
-                    try:
-                        text = mountscan.read_text(f)
-                    except mountscan.NotText as exc:
-                        skipped.append(mountscan.Skip(rel, exc.reason, exc.detail))
-                        continue  # (not seen: a file that became binary leaves the mount)
-                    if row is not None and row[7] == sha256(text):
-                        c.execute(
-                            "UPDATE nodes SET source_mtime = ? WHERE path = ?", (mtime, vpath)
-                        )
-                        stats["unchanged"] += 1
-                    else:
-                        self._put(
-                            c, vpath, text, ROOT, mode=0o444, readonly=True,
-                            source=str(f), source_mtime=mtime,
-                        )  # fmt: skip
-                        stats["updated" if row is not None else "added"] += 1
-                        batch += 1
-                seen.add(vpath)
-                if batch >= 500:  # bound one transaction's size
-                    tx.__exit__(None, None, None)
-                    tx = self._tx()
-                    c = tx.__enter__()
-                    batch = 0
-                if progress is not None:
-                    progress(i, len(files))
-                self._report("read", i, len(files))
-            for p, kind in self._subtree(root):
-                if kind == "file" and p not in seen:
-                    c.execute("DELETE FROM nodes WHERE path = ?", (p,))
-                    c.execute("DELETE FROM versions WHERE path = ?", (p,))
-                    c.execute("INSERT INTO index_journal(path) VALUES (?)", (p,))
-                    stats["removed"] += 1
-        except BaseException as exc:
-            tx.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        tx.__exit__(None, None, None)
-        stats["files"] = len(seen)
-        skipped.sort(key=lambda sk: sk.path)
-        stats["skipped"] = len(skipped)
-        stats["skipped_by"] = mountscan.skip_counts(skipped)
-        stats["skipped_files"] = [sk.as_dict() for sk in skipped[: mountscan.SKIPPED_LISTED]]
-        if index:
-            stats["indexed"] = self.sync_index()
-        return stats
 
-    def umount(self, name: str) -> int:
-        root = normalize(f"/mnt/{name}")
-        if self.db.execute("SELECT 1 FROM mounts WHERE name = ?", (name,)).fetchone() is None:
-            raise NotFound(f"/mnt/{name} is not mounted")
-        nodes = self._subtree(root)
-        with self._tx() as c:
-            for p, kind in nodes:
-                c.execute("DELETE FROM nodes WHERE path = ?", (p,))
-                c.execute("DELETE FROM versions WHERE path = ?", (p,))
-                if kind == "file":
-                    c.execute("INSERT INTO index_journal(path) VALUES (?)", (p,))
-            c.execute("DELETE FROM mounts WHERE name = ?", (name,))
-        return len(nodes)
+def _can(owner: str, mode: int, user: str, bit: int) -> bool:
+    if user == ROOT:
+        return True
+    shift = 6 if owner == user else 0
+    return bool(mode & (bit << shift))
 
-    def mounts(self) -> dict[str, str]:
-        return {str(n): str(h) for n, h in self.db.execute("SELECT name, host FROM mounts")}
+
+def _is_dir(row: sqlite3.Row | None) -> bool:
+    return row is not None and row["kind"] == "dir"
+
+
+def _stat(row: sqlite3.Row, size: int) -> Stat:
+    return Stat(
+        row["path"], row["kind"], row["owner"], row["mode"], size, row["version"],
+        row["mtime"], bool(row["readonly"]), row["source"],
+    )  # fmt: skip

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llmos.core.process import Process
 from llmos.memory.paths import is_under
-
-if TYPE_CHECKING:
-    from llmos.core.process import Process
-    from llmos.memory.fs import Stat
+from llmos.memory.stat import Stat
 
 PROC = "/proc"
 FILES = {"status": 0o444, "stdout": 0o400, "stderr": 0o400}
@@ -82,8 +80,6 @@ class ProcView:
         return (proc.stderr if name == "stderr" else proc.stdout).getvalue()
 
     def stat(self, path: str) -> Stat | None:
-        from llmos.memory.fs import Stat
-
         proc, name = self._split(path)
         if proc is None:
             return None
