@@ -61,3 +61,13 @@ def test_unsupported_version(tmp_path: Path) -> None:
     p.write_bytes(b"GGUF" + struct.pack("<IQQ", 9, 0, 0))
     with pytest.raises(InvalidModelFile, match="version 9"):
         read_gguf(p)
+
+
+def test_corrupt_array_count_fails_fast(tmp_path: Path) -> None:
+    """A key claiming an array of 2**60 numbers: one clear error, not a loop over nothing
+    (the gguf package's reader spins on this file; see the module docstring)."""
+    p = tmp_path / "huge-array.gguf"
+    kv = struct.pack("<Q", 1) + b"a" + struct.pack("<IIQ", 9, 0, 2**60)
+    p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv)
+    with pytest.raises(InvalidModelFile, match="corrupt"):
+        read_gguf(p)

@@ -10,7 +10,6 @@ import hmac
 import ipaddress
 import json
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from llmos.errors import ConfigError
 from llmos.server.errors import error_body
+from llmos.server.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -54,18 +54,6 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
-class Metrics:
-    """Counters for GET /metrics (Prometheus text format)."""
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.latency_sum: dict[str, float] = {}
-        self.rejected: Counter[str] = Counter()
-        self.tokens_generated = 0
-        self.prompt_tokens = 0
-        self.disconnects = 0
-
-
 class Guard:
     def __init__(
         self, app: ASGIApp, *, api_key: str | None, max_body: int, metrics: Metrics
@@ -93,7 +81,7 @@ class Guard:
         try:
             if not self._authorized(scope):
                 status = 401
-                self.metrics.rejected["auth"] += 1
+                self.metrics.reject("auth")
                 await _send_error(
                     send,
                     401,
@@ -104,7 +92,7 @@ class Guard:
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 status = 413
-                self.metrics.rejected["body"] += 1
+                self.metrics.reject("body")
                 await _send_error(
                     send, 413, f"request body exceeds {self.max_body} bytes", "body_too_large"
                 )
@@ -123,7 +111,7 @@ class Guard:
             try:
                 await self.app(scope, receive_limited, send_wrapper)
             except _BodyTooLarge:
-                self.metrics.rejected["body"] += 1
+                self.metrics.reject("body")
                 if not started:
                     status = 413
                     await _send_error(
@@ -132,9 +120,8 @@ class Guard:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "other"
-            self.metrics.requests[(scope.get("method", "GET"), path, status)] += 1
             spent = time.perf_counter() - t0
-            self.metrics.latency_sum[path] = self.metrics.latency_sum.get(path, 0.0) + spent
+            self.metrics.answered(scope.get("method", "GET"), path, status, spent)
 
     def _authorized(self, scope: Scope) -> bool:
         if not self.api_key or scope.get("path") in OPEN_PATHS:
