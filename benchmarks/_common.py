@@ -25,6 +25,24 @@ QUESTIONS = [
 ]
 
 
+# Words of the memory benchmarks' generated documents.
+WORDS = (
+    "kernel memory process agent river mountain library engine garden window signal "
+    "planet harbor crystal lantern meadow circuit thunder orchard compass violet ember "
+    "falcon marble canyon quartz willow beacon glacier"
+).split()
+
+
+def prose(rng: Any, size: int, *, first: str | None = None, paragraphs: bool = False) -> str:
+    """`size` characters of random words with sentence (and, if asked, paragraph) breaks."""
+    words: list[str] = [first] if first else []
+    while sum(len(w) + 1 for w in words) < size:
+        words.append(rng.choice(WORDS))
+        if rng.random() < 0.08:
+            words[-1] += (".\n\n" if rng.random() < 0.3 else ".") if paragraphs else "."
+    return " ".join(words)[:size]
+
+
 def model_path() -> Path:
     from llmos.kernel.models import smollm2_path
 

@@ -9,7 +9,7 @@ fsck replays the journal: every file's chunks are embedded and stored.
 - fsck: seconds, files/s, chunks/s;
 - baseline: `Embedder.embed` alone on exactly the chunks fsck embeds, in batches (what no
   repair can beat: the other side of the ratio);
-- ratio fsck time / embed time (target <= 1.15x: the filesystem's share stays small).
+- ratio fsck time / embed time (how close fsck comes to the embedding bound; 1.0x is the floor).
 
 The baseline runs before and after fsck, and the ratio takes their mean, as this machine's
 speed drifts over minutes.
@@ -22,26 +22,18 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-WORDS = (
-    "kernel memory process agent river mountain library engine garden window signal "
-    "planet harbor crystal lantern meadow circuit thunder orchard compass violet ember "
-    "falcon marble canyon quartz willow beacon glacier"
-).split()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import prose
 
 
 def note(rng: random.Random, size: int, tag: str) -> str:
-    words = [tag]
-    while sum(len(w) + 1 for w in words) < size:
-        words.append(rng.choice(WORDS))
-        if rng.random() < 0.08:
-            words[-1] += "."
-    return " ".join(words)[:size]
+    return prose(rng, size, first=tag)
 
 
 def main() -> None:
@@ -102,7 +94,7 @@ def main() -> None:
           f"(before {t_before:.1f} s, after {t_after:.1f} s)")  # fmt: skip
     print(f"fsck             : {t_fsck:7.1f} s  {n / t_fsck:6.1f} chunks/s  "
           f"{a.files / t_fsck:6.1f} files/s")  # fmt: skip
-    print(f"ratio fsck/embed (time): {t_fsck / t_embed:.2f}x  (target <= 1.15x)")
+    print(f"ratio fsck/embed (time): {t_fsck / t_embed:.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,28 +16,20 @@ import argparse
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-WORDS = (
-    "kernel memory process agent river mountain library engine garden window signal "
-    "planet harbor crystal lantern meadow circuit thunder orchard compass violet ember "
-    "falcon marble canyon quartz willow beacon glacier"
-).split()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import WORDS, prose
 
 
 def make_corpus(root: Path, n: int, size: int = 2048, seed: int = 7) -> None:
     rng = random.Random(seed)
     for i in range(n):
-        words: list[str] = []
-        while sum(len(w) + 1 for w in words) < size:
-            words.append(rng.choice(WORDS))
-            if rng.random() < 0.08:
-                words[-1] += ".\n\n" if rng.random() < 0.3 else "."
-        text = " ".join(words)[:size]
+        text = prose(rng, size, paragraphs=True)
         (root / f"d{i // 100:02d}").mkdir(exist_ok=True)
         (root / f"d{i // 100:02d}" / f"f{i:05d}.md").write_text(text)
 
