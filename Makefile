@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 
-.PHONY: run test install lint typecheck bench clean
+.PHONY: run test test-fast install lint typecheck bench clean
 
 run: $(STAMP)
 	$(BIN)/llmos shell
@@ -30,6 +30,11 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Everything but the tests that load the real model or MiniLM (tests/conftest.py marks
+# them by the fixtures they take); in this lane an import of torch fails the test.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not real_model and not torch"
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py

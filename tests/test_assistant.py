@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from llmos.agents.assistant import ACK, DEFAULT_PERSONA, remembered_fact
 from llmos.config import load_settings
 from llmos.kernel.kernel import Kernel
@@ -155,7 +153,6 @@ async def test_turns_past_75_percent_of_the_context_fold_into_a_summary(tmp_path
         assert log_of(k).count("**user**:") == 5
 
 
-@pytest.mark.real_model
 async def test_real_model_answer_streams_and_both_turns_are_logged(real_kernel: Kernel) -> None:
     proc = await real_kernel.spawn(
         "assistant", "What is the capital of France?", "assistant", {"max_tokens": 48, "seed": 1},

@@ -126,7 +126,6 @@ def _llmos(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.real_model
 def test_chat_streams_an_answer(real_model_path: Path) -> None:
     r = _llmos(
         "chat",
@@ -142,15 +141,13 @@ def test_chat_streams_an_answer(real_model_path: Path) -> None:
     assert "tok/s" in r.stderr
 
 
-@pytest.mark.real_model
 def test_chat_unknown_model_is_one_line(real_model_path: Path) -> None:
     r = _llmos("chat", "hi", "--model", "no-such-model")
     assert r.returncode == 2
     assert "unknown model" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.real_model
-def test_run_hello_example() -> None:
+def test_run_hello_example(real_model_path: Path) -> None:
     r = _llmos("run", "examples/hello.py", "Ada")
     assert r.returncode == 0, r.stderr
     assert "hello, Ada!" in r.stdout and "17*23 = 391" in r.stdout

@@ -13,6 +13,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from llmos.cli import app
+from llmos.memory.index import Embedder
+from tests.conftest import HashEmbedder
 
 runner = CliRunner()
 
@@ -54,7 +56,9 @@ def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory, minilm: Embedder) -> Path:
+    # `llmos fs --local` boots a kernel that indexes with MiniLM: `minilm` marks every
+    # test on this data directory `torch`
     return tmp_path_factory.mktemp("cli-data")
 
 
@@ -199,7 +203,7 @@ def test_qa_cites_the_mounted_source(local: Path, real_model_path: Path) -> None
 
 
 def test_mount_says_what_it_skipped_and_empty_scopes_say_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm: Embedder
 ) -> None:
     """Plain text without a known suffix is mounted; the rest is counted by reason (and
     listed with --verbose); search and qa over a scope with nothing indexed are one line."""
@@ -262,12 +266,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, hash_embedder: HashEmbedder
+) -> Iterator[tuple[str, Any]]:
     from tests.test_server import serve_scripted
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMOS_CONFIG", str(tmp_path_factory.mktemp("cfg") / "none.toml"))
-        with serve_scripted(tmp_path_factory.mktemp("daemon")) as s:
+        with serve_scripted(tmp_path_factory.mktemp("daemon"), embedder=hash_embedder) as s:
             yield s
 
 

@@ -13,16 +13,21 @@ import pytest
 from typer.testing import CliRunner
 
 from llmos.client import ApiError, AsyncClient, Client
-from tests.test_server import MODEL, fake_memory, serve_scripted
+from tests.conftest import HashEmbedder
+from tests.test_server import MODEL, serve_scripted
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, hash_embedder: HashEmbedder
+) -> Iterator[tuple[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMOS_CONFIG", str(tmp_path_factory.mktemp("cfg") / "none.toml"))
-        with serve_scripted(tmp_path_factory.mktemp("client"), api_key="k3y") as s:
+        with serve_scripted(
+            tmp_path_factory.mktemp("client"), api_key="k3y", embedder=hash_embedder
+        ) as s:
             yield s
 
 
@@ -121,16 +126,21 @@ def test_cli_fs_commands(server: tuple[str, Any], monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("LLMOS_API_KEY", "k3y")
     url = server[0]
-    with fake_memory(server[1].state.api.kernel):
-        r = runner.invoke(app, ["fs", "write", "/n/tea.txt", "--url", url], input="green tea\n")
-        assert r.exit_code == 0 and r.output == "wrote /n/tea.txt\n"
-        assert (
-            runner.invoke(app, ["fs", "cat", "/n/tea.txt", "--url", url]).output == "green tea\n\n"
-        )
-        r = runner.invoke(app, ["fs", "ls", "/n", "--url", url])
-        assert json.loads(r.output) == ["/n/tea.txt"]
-        r = runner.invoke(app, ["fs", "search", "tea", "-k", "3", "--url", url, "--json"])
-        assert json.loads(r.output)[0]["path"] == "/n/tea.txt"
-        assert runner.invoke(app, ["fs", "rm", "/n/tea.txt", "--url", url]).exit_code == 0
-        r = runner.invoke(app, ["fs", "cat", "/n/tea.txt", "--url", url])
-        assert r.exit_code == 2 and "no such file" in r.output and "Traceback" not in r.output
+    tea = "/home/api/n/tea.txt"
+
+    def fs(*args: str, input: str | None = None) -> Any:
+        return runner.invoke(app, ["fs", *args, "--url", url], input=input)
+
+    r = fs("write", tea, input="green tea\n")
+    assert r.exit_code == 0 and r.output == f"wrote {tea} (version 1)\n"
+    assert fs("write", tea, "green tea\n").output == f"wrote {tea} (version 2)\n"
+    assert fs("cat", tea).output == "green tea\n\n"
+    r = fs("ls", "/home/api/n")
+    assert r.output.split() == ["-rw-r--r--", "root", "10", "v2", tea], r.output
+    assert [e["path"] for e in json.loads(fs("ls", "/home/api/n", "--json").output)] == [tea]
+    hits = json.loads(fs("search", "tea", "-k", "3", "--json").output)
+    assert [h["path"] for h in hits] == [tea]
+    assert fs("search", "tea").output.split()[1:] == [tea, "green", "tea"]
+    assert fs("rm", tea).exit_code == 0
+    r = fs("cat", tea)
+    assert r.exit_code == 2 and "no such file" in r.output and "Traceback" not in r.output

@@ -17,8 +17,6 @@ from llmos.kernel.engine import EngineCore
 from llmos.kernel.llama_backend import LlamaBackend
 from llmos.kernel.scheduler import Policy
 
-pytestmark = pytest.mark.real_model
-
 GREEDY = SamplingParams(temperature=0, max_tokens=40)
 QUESTIONS = [
     "What is the capital of France?",

@@ -32,7 +32,8 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_sigkill_writer_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_sigkill_writer_loses_nothing_acknowledged(tmp_path: Path, minilm: Embedder) -> None:
+    # (the writer process indexes with MiniLM too: `minilm` marks this test `torch`)
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -62,7 +63,7 @@ def test_sigkill_writer_loses_nothing_acknowledged(tmp_path: Path) -> None:
         versions = want.setdefault(path, [])
         versions.append((versions[-1] + body) if (i % 3 and versions) else body)
 
-    fs = MemoryFS(tmp_path, embedder=Embedder())
+    fs = MemoryFS(tmp_path, embedder=minilm)
     for path, versions in want.items():
         # the writer ran on past its last acknowledgement: later versions may exist too
         got = [fs.read_version(path, v) for v in range(1, len(versions) + 1)]

@@ -111,8 +111,9 @@ def test_sniff_rules() -> None:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return Embedder()
+def embedder(hash_embedder: Embedder) -> Embedder:
+    # what these tests check (scopes, slices stored) holds for any embedder: no MiniLM
+    return hash_embedder
 
 
 def test_search_and_qa_scope_with_nothing_indexed(tmp_path: Path, embedder: Embedder) -> None:

@@ -131,7 +131,6 @@ async def test_kill_stops_a_generating_process(settings: Any) -> None:
         assert p.tokens < 1500
 
 
-@pytest.mark.real_model
 async def test_llm_chat_with_the_real_model(real_kernel: Kernel) -> None:
     async def prog(ctx: Any) -> Any:
         return await ctx.sys.llm.chat(

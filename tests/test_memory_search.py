@@ -16,8 +16,8 @@ DATA = Path(__file__).parent / "data" / "retrieval"
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return Embedder()  # a missing model fails here with a clear message, never skips
+def embedder(minilm: Embedder) -> Embedder:
+    return minilm  # retrieval quality is MiniLM's: a missing model fails, never skips
 
 
 def _pdf(text: str) -> bytes:

@@ -102,7 +102,6 @@ def test_unknown_model_and_failed_load_are_typed(tmp_path: Path) -> None:
         mm.get("smollm2-135m-instruct")
 
 
-@pytest.mark.real_model
 async def test_two_real_models_loaded_at_once(tmp_path: Path, real_model_path: Path) -> None:
     """SmolLM2 (default) and gemma3-270m (assembled from its wheel) side by side."""
     from llmos.kernel.kernel import Kernel

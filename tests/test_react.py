@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from llmos.agents.react import FINISH, Action, ReActState, action_schema, react_program
 from llmos.kernel.kernel import Kernel
 from llmos.tools.basic import calc
@@ -89,7 +87,6 @@ def test_answer_must_start_with_a_letter_or_digit() -> None:
         assert not re.fullmatch(ANSWER_PATTERN, bad), bad
 
 
-@pytest.mark.real_model
 async def test_real_model_computes_with_calc(real_kernel: Kernel) -> None:
     """The 135M model, held to the action grammar, must call calc and report its result.
 

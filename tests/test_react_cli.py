@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from llmos.cli import app
 
 
-@pytest.mark.real_model
 def test_agent_command_computes_with_calc(real_model_path: Path) -> None:
     r = CliRunner().invoke(app, ["agent", "What is 17*23?", "--tool", "calc"])
     assert r.exit_code == 0, r.output

@@ -50,7 +50,6 @@ def test_bad_task_is_a_type_error(settings: Any) -> None:
             model.execute("write something")  # type: ignore[arg-type]
 
 
-@pytest.mark.real_model
 def test_real_model_writes_and_answers(settings: Any, real_model_path: Path) -> None:
     with llmos.load_model(settings=settings) as model:
         w = model.execute(

@@ -25,6 +25,7 @@ from llmos.core.process import ProcessState
 from llmos.errors import ConfigError
 from llmos.kernel.scripted import ScriptedBackend
 from llmos.server import BackgroundServer, check_bind, create_app
+from tests.conftest import HashEmbedder
 
 MODEL = "smollm2-135m-instruct"
 TOOL_CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -56,9 +57,10 @@ def make_settings(tmp: Path, **kw: Any) -> Settings:
 
 @contextmanager
 def serve_scripted(
-    tmp: Path, *, gate: Gate | None = None, **settings_kw: Any
+    tmp: Path, *, gate: Gate | None = None, embedder: Any = None, **settings_kw: Any
 ) -> Iterator[tuple[str, Any]]:
-    """(url, app) of a server over a scripted kernel; the kernel is `app.state.api.kernel`."""
+    """(url, app) of a server over a scripted kernel; the kernel is `app.state.api.kernel`.
+    `embedder`: the kernel's (default: MiniLM, loaded on the first embed)."""
     backends: list[ScriptedBackend] = []
 
     def factory(entry: Any, progress: Callable[[float], None]) -> ScriptedBackend:
@@ -66,7 +68,9 @@ def serve_scripted(
         backends.append(b)
         return b
 
-    app = create_app(make_settings(tmp, **settings_kw), backend_factory=factory, preload=True)
+    app = create_app(
+        make_settings(tmp, **settings_kw), backend_factory=factory, embedder=embedder, preload=True
+    )
     app.state.backends = backends
     server = BackgroundServer(app)
     try:
@@ -410,93 +414,61 @@ def test_signal_kill_and_stop(url: str, server: tuple[str, Any], tmp_path: Path)
 
 
 # -- memory filesystem (through the syscall table) ------------------------------------
-@contextmanager
-def fake_memory(kernel: Any) -> Iterator[list[tuple[str, int]]]:
-    """Stand-in fs.* / qa.ask syscalls on a kernel's table (the memory FS's own suite covers
-    the real ones), so the endpoints' mapping onto syscalls is checked exactly. Yields the
-    (syscall, pid) calls made."""
-    from llmos.core.syscall import syscall
-    from llmos.errors import ToolFailed
+def test_fs_endpoints_go_through_syscalls(tmp_path: Path, hash_embedder: HashEmbedder) -> None:
+    """The memory endpoints dispatch the real fs.* / qa.ask syscalls over the real memory
+    FS (SQLite + Chroma; a deterministic embedder in MiniLM's place), each from a process of
+    its own, and answer in the syscalls' own shapes."""
+    tea, bikes = "/home/api/notes/tea.txt", "/home/api/notes/bikes.txt"
+    with serve_scripted(tmp_path, embedder=hash_embedder) as (url, app):
+        api = app.state.api
 
-    store: dict[str, str] = {}
-    calls: list[tuple[str, int]] = []
+        def made_by(syscall: str) -> None:
+            assert api.kernel.procs[api.finished[-1]].name == f"api:{syscall}"
 
-    @syscall("fs.write")
-    async def fs_write(ctx: Any, path: str, content: str) -> dict[str, Any]:
-        calls.append(("fs.write", ctx.pid))
-        store[path] = content
-        return {"path": path, "size": len(content)}
+        r = httpx.put(f"{url}/v1/fs/write", json={"path": tea, "content": "tea time"})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"] == {"path": tea, "version": 1}
+        made_by("fs.write")
+        text = "Green tea is steeped at eighty degrees for two minutes."
+        r = httpx.put(f"{url}/v1/fs/write", json={"path": tea, "content": text})
+        assert r.json()["result"] == {"path": tea, "version": 2}
+        httpx.put(f"{url}/v1/fs/write", json={"path": bikes, "content": "Oil a bicycle chain."})
 
-    @syscall("fs.read")
-    async def fs_read(ctx: Any, path: str) -> str:
-        if path not in store:
-            raise ToolFailed(f"no such file: {path}")
-        return store[path]
-
-    @syscall("fs.ls")
-    async def fs_ls(ctx: Any, path: str = "/") -> list[str]:
-        return sorted(p for p in store if p.startswith(path))
-
-    @syscall("fs.rm")
-    async def fs_rm(ctx: Any, path: str) -> bool:
-        return store.pop(path, None) is not None
-
-    @syscall("fs.search")
-    async def fs_search(ctx: Any, query: str, k: int = 5) -> list[dict[str, Any]]:
-        return [{"path": p, "score": 1.0} for p, c in store.items() if query in c][:k]
-
-    @syscall("qa.ask")
-    async def qa_ask(ctx: Any, question: str) -> str:
-        return f"{len(store)} files"
-
-    saved = dict(kernel.syscalls.specs)
-    for fn in (fs_write, fs_read, fs_ls, fs_rm, fs_search, qa_ask):
-        spec = fn.__syscall__  # type: ignore[attr-defined]
-        kernel.syscalls.specs[spec.name] = spec
-    try:
-        yield calls
-    finally:
-        kernel.syscalls.specs.clear()
-        kernel.syscalls.specs.update(saved)
-
-
-def test_fs_endpoints_go_through_syscalls(url: str, server: tuple[str, Any]) -> None:
-    """The memory endpoints dispatch fs.* / qa.ask syscalls, each from its own process."""
-    kernel = server[1].state.api.kernel
-    with fake_memory(kernel) as calls:
-        r = httpx.put(f"{url}/v1/fs/write", json={"path": "/notes/a.txt", "content": "tea time"})
-        assert r.status_code == 200 and r.json()["result"]["size"] == 8
-        assert kernel.procs[calls[0][1]].name == "api:fs.write"
-        assert (
-            httpx.get(f"{url}/v1/fs/read", params={"path": "/notes/a.txt"}).json()["content"]
-            == "tea time"
-        )
-        assert httpx.get(f"{url}/v1/fs/ls", params={"path": "/notes"}).json()["entries"] == [
-            "/notes/a.txt"
+        assert httpx.get(f"{url}/v1/fs/read", params={"path": tea}).json()["content"] == text
+        made_by("fs.read")
+        r = httpx.get(f"{url}/v1/fs/ls", params={"path": "/home/api/notes"})
+        made_by("fs.ls")
+        assert [(e["path"], e["kind"], e["version"]) for e in r.json()["entries"]] == [
+            (bikes, "file", 1),
+            (tea, "file", 2),
         ]
-        hits = httpx.post(f"{url}/v1/fs/search", json={"query": "tea"}).json()["results"]
-        assert hits == [{"path": "/notes/a.txt", "score": 1.0}]
-        assert httpx.post(f"{url}/v1/qa", json={"question": "how many?"}).json()["answer"] == (
-            "1 files"
-        )
-        assert httpx.delete(f"{url}/v1/fs/rm", params={"path": "/notes/a.txt"}).json()["result"]
-        r = httpx.get(f"{url}/v1/fs/read", params={"path": "/notes/a.txt"})
-        assert r.status_code == 400 and "no such file" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/v1/fs/search", json={"query": "green tea", "k": 1})
+        made_by("fs.search")
+        assert [(h["path"], h["text"]) for h in r.json()["results"]] == [(tea, text)]
+
+        r = httpx.post(f"{url}/v1/qa", json={"question": "How is green tea steeped?", "k": 1})
+        assert r.status_code == 200, r.text
+        made_by("qa.ask")
+        answer = r.json()["answer"]
+        assert answer["sources"] == [tea] and answer["answer"].startswith("You said:")
+
+        r = httpx.delete(f"{url}/v1/fs/rm", params={"path": tea})
+        assert r.json()["result"] == {"path": tea, "removed": 1}
+        made_by("fs.rm")
+        r = httpx.get(f"{url}/v1/fs/read", params={"path": tea})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
 
 
 def test_fs_without_a_memory_syscall_is_501(url: str, server: tuple[str, Any]) -> None:
+    """A daemon whose kernel lacks a memory syscall (a plug-in set without it) says so."""
     kernel = server[1].state.api.kernel
-    if "fs.ls" in kernel.syscalls.specs:  # the memory FS has landed: test_fs_real covers it
-        saved = kernel.syscalls.specs.pop("fs.ls")
-    else:
-        saved = None
+    saved = kernel.syscalls.specs.pop("fs.ls")
     try:
         r = httpx.get(f"{url}/v1/fs/ls")
         assert r.status_code == 501
         assert r.json()["error"]["code"] == "not_available"
     finally:
-        if saved is not None:
-            kernel.syscalls.specs["fs.ls"] = saved
+        kernel.syscalls.specs["fs.ls"] = saved
 
 
 # -- guards ----------------------------------------------------------------------------
@@ -646,6 +618,42 @@ def test_non_streaming_disconnect_kills_the_process(tmp_path: Path) -> None:
         gate.open.set()
         wait_for(lambda: _kv_free(app), "the engine to free the sequence's KV")
         assert app.state.api.in_flight == 0
+
+
+def test_stream_wire_format_and_keepalive_pings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's framing exactly (`data: {json}\\n\\n` ... `data: [DONE]\\n\\n`, no `\\r`), and
+    the comment pings a quiet stream gets do not trouble the OpenAI client."""
+    from llmos.server import streaming
+
+    monkeypatch.setattr(streaming, "PING_S", 0.02)
+    gate = Gate()
+    body = {"model": MODEL, "messages": user("ping me"), "stream": True}
+    with serve_scripted(tmp_path, gate=gate) as (url, _):
+        gate.open.clear()  # the engine holds the answer until a ping has gone out
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            chunks = r.iter_raw()
+            raw = b""
+            while b": ping" not in raw:
+                raw += next(chunks)
+            gate.open.set()
+            text = (raw + b"".join(chunks)).decode()
+        assert "\r" not in text and text.endswith("data: [DONE]\n\n")
+        events = text.split("\n\n")[:-1]
+        data = [e for e in events if not e.startswith(": ping")]
+        assert len(data) < len(events)
+        assert all(e.startswith("data: ") and "\n" not in e for e in data)
+
+        gate.open.clear()
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai:
+            stream = oai.chat.completions.create(model=MODEL, messages=user("ping me"), stream=True)
+            first = next(iter(stream))
+            time.sleep(0.2)  # quiet: pings go out meanwhile
+            gate.open.set()
+            rest = list(stream)
+        said = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
+        assert said == "You said: ping me"
 
 
 def test_generic_syscall_endpoint_runs_each_call_in_a_process(

@@ -1,5 +1,5 @@
-"""The memory endpoints over the real memory filesystem (SQLite + Chroma + MiniLM), through
-the REST API and the `llmos fs` commands. Runs once the memory FS's syscalls are present."""
+"""The memory endpoints over the real memory filesystem (SQLite + Chroma + MiniLM) through
+the REST API: semantic search and qa as a client sees them."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-pytest.importorskip("llmos.memory.syscalls", reason="the memory filesystem has not landed")
-
+from llmos.memory.index import Embedder
 from tests.test_server import serve_scripted
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+def server(tmp_path_factory: pytest.TempPathFactory, minilm: Embedder) -> Iterator[tuple[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMOS_CONFIG", str(tmp_path_factory.mktemp("cfg") / "none.toml"))
-        with serve_scripted(tmp_path_factory.mktemp("mem")) as s:
+        with serve_scripted(tmp_path_factory.mktemp("mem"), embedder=minilm) as s:
             yield s
 
 

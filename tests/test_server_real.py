@@ -2,7 +2,7 @@
 ChatOpenAI, JSON-schema and tool-call constraints, a 32-client streaming load, a client
 disconnect that frees the KV, and the real embedding model.
 
-Marked real_model: it runs by default, and a missing model fails (conftest).
+Its fixtures take `real_model_path` (and `minilm`), which marks them (conftest).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import httpx
 import openai
 import pytest
 
+from llmos.memory.index import Embedder
 from llmos.server import BackgroundServer, create_app
 from tests.test_server import MODEL, _first_event, make_settings, user, wait_for
-
-pytestmark = pytest.mark.real_model
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -274,7 +273,7 @@ def test_disconnect_frees_the_sequence(real: tuple[str, Any]) -> None:
     assert kernel.procs[pid].tokens < 1000
 
 
-def test_embeddings_with_the_real_model(oai: openai.OpenAI) -> None:
+def test_embeddings_with_the_real_model(oai: openai.OpenAI, minilm: Embedder) -> None:
     texts = [
         "The cat sat on the mat.",
         "A kitten rests on a rug.",

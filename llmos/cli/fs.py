@@ -166,8 +166,8 @@ def _json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
-def _mode(kind: str, mode: Any) -> str:
-    bits = int(mode, 8) if isinstance(mode, str) else int(mode)
+def _mode(kind: str, mode: str) -> str:
+    bits = int(mode, 8)  # fs.ls and fs.stat give it as octal text ("0o644")
     rwx = "".join(ch if bits & (1 << (8 - i)) else "-" for i, ch in enumerate("rwxrwxrwx"))
     return ("d" if kind == "dir" else "-") + rwx
 
@@ -176,15 +176,12 @@ def _when(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _show_entries(entries: Any) -> None:
-    if not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
-        _json(entries)  # a daemon of another shape: show what it said
-        return
+def _show_entries(entries: list[dict[str, Any]]) -> None:
     for e in entries:
-        name = e["path"] + ("/" if e.get("kind") == "dir" else "")
+        name = e["path"] + ("/" if e["kind"] == "dir" else "")
         typer.echo(
-            f"{_mode(e.get('kind', 'file'), e.get('mode', 0))} {e.get('owner', '?'):12} "
-            f"{e.get('size', 0):>8} v{e.get('version', 0):<3} {name}"
+            f"{_mode(e['kind'], e['mode'])} {e['owner']:12} "
+            f"{e['size']:>8} v{e['version']:<3} {name}"
         )
 
 
@@ -248,7 +245,7 @@ def fs_mount(
 def fs_umount(name: str, url: UrlOpt = None, local: LocalOpt = False) -> None:
     """Unmount /mnt/NAME (its files leave memory and the index)."""
     out = call("fs.umount", {"name": name}, url, local)
-    typer.echo(f"unmounted /mnt/{name} ({out.get('removed', 0)} entries)")
+    typer.echo(f"unmounted /mnt/{name} ({out['removed']} entries)")
 
 
 @fs_app.command("ls")
@@ -272,7 +269,7 @@ def fs_cat(
 ) -> None:
     """Print a file."""
     text = call("fs.read", {"path": path}, url, local, via=lambda c: c.fs_read(path))
-    if as_json or not isinstance(text, str):
+    if as_json:
         _json(text)
     else:
         typer.echo(text)
@@ -291,8 +288,7 @@ def fs_write(
         "fs.write", {"path": path, "content": content}, url, local,
         via=lambda c: c.fs_write(path, content),
     )  # fmt: skip
-    version = out.get("version") if isinstance(out, dict) else None
-    typer.echo(f"wrote {path}" + (f" (version {version})" if version else ""))
+    typer.echo(f"wrote {path} (version {out['version']})")
 
 
 @fs_app.command("mkdir")
@@ -329,7 +325,7 @@ def fs_search(
         "fs.search", {"query": query, "path": path, "k": k}, url, local,
         via=lambda c: c.fs_search(query, k, path),
     )  # fmt: skip
-    if as_json or not all(isinstance(h, dict) and "text" in h for h in hits):
+    if as_json:
         _json(hits)
         return
     for h in hits:
@@ -434,11 +430,11 @@ def qa(
     """Answer a question from the memory filesystem (RetrievalQA), citing source paths."""
     args = {"question": question, "scope": scope, "k": k, "max_tokens": max_tokens}
     out = call("qa.ask", args, url, local)
-    if as_json or not isinstance(out, dict):
+    if as_json:
         _json(out)
         return
-    typer.echo(out.get("answer", ""))
-    sources = out.get("sources") or []
+    typer.echo(out["answer"])
+    sources = out["sources"]
     if sources:
         typer.echo("sources:")
         for s in sources:

@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,12 @@ AUDIT_MAX_AGE_S = 1.0
 
 
 class ProcTable:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # Wall-clock time (rows are read across kernels and restarts); a test passes its own
+        # to age the audit buffer without waiting.
+        self._clock = clock
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -72,7 +76,7 @@ class ProcTable:
         self._audit: list[tuple[Any, ...]] = []
         self._audit_timer: asyncio.TimerHandle | None = None
         cur = self.db.execute(
-            "INSERT INTO boots (started, os_pid) VALUES (?, ?)", (time.time(), os.getpid())
+            "INSERT INTO boots (started, os_pid) VALUES (?, ?)", (self._clock(), os.getpid())
         )
         assert cur.lastrowid is not None
         self.boot = cur.lastrowid
@@ -128,7 +132,7 @@ class ProcTable:
 
     # -- audit --------------------------------------------------------------------------
     def audit(self, rec: AuditRecord) -> None:
-        now = time.time()
+        now = self._clock()
         rows = self._audit
         rows.append(
             (self.boot, now, rec.pid, rec.name, rec.args_digest, rec.outcome, rec.duration_s)
