@@ -1,7 +1,8 @@
 """Pilot tests, one or more per shell command and dialog, on the scripted model.
 
-Memory-FS and host-command syscalls are stand-ins here (registered the same way a real
-subsystem registers its own), so these tests pin the shell's side of each seam: argument
+The subsystems behind the commands are the real ones: the memory FS (SQLite + Chroma, with
+a hash embedder in MiniLM's place) and the sandboxed `shell.exec`, so these tests pin the
+shell's side of each seam against the result shapes those syscalls really return: argument
 mapping, capabilities, approval and display. A missing subsystem must read "not available".
 """
 
@@ -12,119 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmos.core.syscall import syscall
-from llmos.errors import ToolFailed
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.oneshot import MEMORY_CAPS
-from llmos.shell.app import HELP, LlmosShell
+from llmos.memory import prompts
+from llmos.memory.fs import MemoryFS
+from llmos.shell.app import COMMANDS, HELP, LlmosShell
 from llmos.shell.screens import ApprovalScreen, FsBrowser, HelpScreen
-from tests.conftest import scripted_factory
-
-# -- a stand-in memory FS and shell.exec -----------------------------------------------------
-FILES: dict[str, str] = {}
-DIRS: set[str] = set()
-RAN: list[str] = []
-
-
-def _reset_fs() -> None:
-    FILES.clear()
-    DIRS.clear()
-    DIRS.update({"/", "/home", "/etc", "/etc/prompts", "/mnt"})
-    FILES["/etc/prompts/system"] = "You are helpful."
-    FILES["/home/notes.txt"] = "llamas hum at dawn"
-    RAN.clear()
-
-
-def _children(path: str) -> list[dict[str, Any]]:
-    base = path.rstrip("/") + "/"
-    out = {}
-    for p in sorted(DIRS | set(FILES)):
-        if p != "/" and p.startswith(base) and "/" not in p[len(base) :]:
-            out[p] = {"path": p, "type": "dir" if p in DIRS else "file"}
-    return list(out.values())
-
-
-@syscall("fs.ls", capability="fs.read")
-async def fs_ls(ctx: Any, path: str = "/") -> list[dict[str, Any]]:
-    """List a directory."""
-    if path.rstrip("/") not in DIRS and path not in DIRS:
-        raise ToolFailed(f"no such directory: {path}")
-    return _children(path)
-
-
-@syscall("fs.read")
-async def fs_read(ctx: Any, path: str) -> str:
-    """Read a file."""
-    if path not in FILES:
-        raise ToolFailed(f"no such file: {path}")
-    return FILES[path]
-
-
-@syscall("fs.write")
-async def fs_write(ctx: Any, path: str, content: str) -> dict[str, Any]:
-    """Write a file."""
-    FILES[path] = content
-    return {"path": path, "version": 1}
-
-
-@syscall("fs.rm", capability="fs.write")
-async def fs_rm(ctx: Any, path: str) -> None:
-    """Remove a path."""
-    FILES.pop(path, None)
-    DIRS.discard(path)
-
-
-@syscall("fs.mkdir", capability="fs.write")
-async def fs_mkdir(ctx: Any, path: str) -> None:
-    """Make a directory."""
-    DIRS.add(path)
-
-
-@syscall("fs.search", capability="fs.read")
-async def fs_search(ctx: Any, query: str, k: int = 3, path: str = "/") -> list[dict[str, Any]]:
-    """Semantic search (here: substring)."""
-    return [
-        {"path": p, "score": 0.9}
-        for p, text in FILES.items()
-        if p.startswith(path) and any(w in text for w in query.split())
-    ][:k]
-
-
-def _read_host(host_path: str, name: str) -> dict[str, str]:
-    return {f"/mnt/{name}/{f.name}": f.read_text() for f in Path(host_path).iterdir()}
-
-
-@syscall("fs.mount")
-async def fs_mount(ctx: Any, host: str, name: str) -> str:
-    """Mount a host folder."""
-    DIRS.add(f"/mnt/{name}")
-    FILES.update(_read_host(host, name))
-    return f"mounted {host} at /mnt/{name}"
-
-
-@syscall("fs.umount")
-async def fs_umount(ctx: Any, name: str) -> str:
-    """Unmount."""
-    DIRS.discard(f"/mnt/{name}")
-    for p in [p for p in FILES if p.startswith(f"/mnt/{name}/")]:
-        del FILES[p]
-    return f"unmounted /mnt/{name}"
-
-
-@syscall("qa.ask")
-async def qa_ask(ctx: Any, question: str, scope: str = "/", k: int = 3) -> dict[str, Any]:
-    """Answer from the memory FS."""
-    return {"answer": f"asked {question!r} in {scope}", "sources": [scope]}
-
-
-@syscall("shell.exec", risk="high")
-async def shell_exec(ctx: Any, command: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Run a host command (stand-in: records it)."""
-    RAN.append(command)
-    return {"exit_code": 0, "stdout": f"ran: {command}\n", "stderr": "", "timed_out": False}
-
-
-STAND_INS = [fs_ls, fs_read, fs_write, fs_rm, fs_mkdir, fs_search, fs_mount, fs_umount, qa_ask]
+from tests.conftest import HashEmbedder, scripted_factory
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -133,7 +28,7 @@ async def wait_for(pilot: Any, cond: Callable[[], bool], steps: int = 400) -> No
         if cond():
             return
         await pilot.pause(0.02)
-    raise AssertionError("condition not met in time")
+    raise AssertionError("condition not met in time:\n" + text(pilot.app)[-1500:])
 
 
 def text(app: LlmosShell) -> str:
@@ -141,18 +36,22 @@ def text(app: LlmosShell) -> str:
 
 
 async def make_kernel(settings: Any, *, fs: bool = True, sh: bool = True, **kw: Any) -> Kernel:
-    """A scripted kernel whose memory and host-command syscalls are the stand-ins above
-    (`fs=False`/`sh=False`: those subsystems absent altogether)."""
-    _reset_fs()
-    kernel = Kernel(settings, backend_factory=scripted_factory(**kw))
+    """A scripted kernel with its real memory FS, holding the prompt templates and one note
+    (`fs=False`/`sh=False`: the memory and host-command subsystems absent altogether)."""
+    kernel = Kernel(settings, backend_factory=scripted_factory(**kw), embedder=HashEmbedder())
     await kernel.start()
+    absent = (() if fs else ("fs.", "qa.")) + (() if sh else ("shell.exec",))
     specs = kernel.syscalls.specs
-    for name in [n for n in specs if n.startswith(("fs.", "qa.")) or n == "shell.exec"]:
+    for name in [n for n in specs if n.startswith(absent)]:
         del specs[name]
-    for fn in (STAND_INS if fs else []) + ([shell_exec] if sh else []):
-        spec = fn.__syscall__  # type: ignore[attr-defined]
-        specs[spec.name] = spec
+    if fs:
+        seed(kernel.memory)
     return kernel
+
+
+def seed(fs: MemoryFS) -> None:
+    prompts.install_defaults(fs)
+    fs.write("/home/notes.txt", "llamas hum at dawn")
 
 
 async def typed(pilot: Any, app: LlmosShell, line: str, expect: str) -> None:
@@ -184,6 +83,7 @@ async def test_help_lists_every_command_and_f1_opens_the_help_screen(settings: A
                     "rm", "mkdir", "search", "mount", "umount", "qa", "models", "prompts",
                     "history", "clear", "help", "exit"):  # fmt: skip
             assert f"\n  {cmd} " in HELP, cmd
+        assert all(f"\n  {c.name} " in HELP for c in COMMANDS.values())  # from the one table
         await pilot.press("f1")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")
@@ -294,18 +194,24 @@ async def test_memory_fs_commands(settings: Any, tmp_path: Path) -> None:
         await typed(pilot, app, "ls /", "/home/")
         await typed(pilot, app, "mkdir /home/me", "made /home/me")
         await typed(pilot, app, 'write /home/me/todo "buy hay"', "wrote /home/me/todo")
-        assert FILES["/home/me/todo"] == "buy hay"
+        assert kernel.memory.read("/home/me/todo") == "buy hay"
         await typed(pilot, app, "cat /home/me/todo", "buy hay")
+        await typed(pilot, app, "ls /home", "/home/me/\n/home/notes.txt")  # dirs by their kind
         await typed(pilot, app, 'search "hum" /home', "/home/notes.txt")
-        await typed(pilot, app, f"mount {host} docs", "mounted")
+        app.query_one("#prompt").focus()
+        await pilot.press(*f"mount {host} docs", "enter")
+        await _approval(pilot, app)
+        await pilot.press("y")  # fs.mount is high risk: the user confirms it
+        await wait_for(pilot, lambda: f"mounted {host} at /mnt/docs: 1 files" in text(app))
         await typed(pilot, app, "cat /mnt/docs/a.md", "alpacas graze")
-        await typed(pilot, app, "umount docs", "unmounted /mnt/docs")
-        await typed(pilot, app, 'qa "who hums?" --scope /home', "asked 'who hums?' in /home")
+        await typed(pilot, app, "umount docs", "> umount docs\nremoved: ")
+        await typed(pilot, app, 'qa "who hums?" --scope /home', "sources:")
+        assert "/home/notes.txt" in text(app).rsplit("sources:", 1)[1]
         await typed(pilot, app, "rm /home/me/todo", "removed /home/me/todo")
-        assert "/home/me/todo" not in FILES
-        await typed(pilot, app, "cat /home/me/todo", "error: no such file: /home/me/todo")
-        await typed(pilot, app, "prompts", "system")
-        await typed(pilot, app, "prompts system", "You are helpful.")
+        assert not kernel.memory.exists("/home/me/todo")
+        await typed(pilot, app, "cat /home/me/todo", "error: /home/me/todo: no such file")
+        await typed(pilot, app, "prompts", "summarize")  # template names, as prompt.render's
+        await typed(pilot, app, "prompts system", "You are {name}, an agent running on llmos.")
         # Each of these ran as its own process with only the syscall's capability.
         caps = {p.name: p.caps for p in kernel.procs.values()}
         assert caps["sh:fs.write"] == MEMORY_CAPS
@@ -352,13 +258,14 @@ async def test_host_command_asks_and_runs_once_approved(settings: Any) -> None:
     app = LlmosShell(settings, kernel=kernel)
     async with app.run_test(size=(120, 40)) as pilot:
         app.query_one("#prompt").focus()
-        await pilot.press(*"!ls -la", "enter")
+        await pilot.press(*"!echo ran-it", "enter")
         dialog = await _approval(pilot, app)
-        assert "$ ls -la" in str(dialog.query_one("#what").render())
-        assert RAN == []  # nothing runs before the answer
+        assert "$ echo ran-it" in str(dialog.query_one("#what").render())
+        await pilot.pause(0.1)
+        assert "[exit" not in text(app)  # nothing runs before the answer
         await pilot.click("#once")
-        await wait_for(pilot, lambda: "ran: ls -la" in text(app))
-        assert RAN == ["ls -la"] and "[exit 0]" in text(app)
+        await wait_for(pilot, lambda: "[exit 0]" in text(app))
+        assert "ran-it\n[exit 0]" in text(app)
         runner = next(p for p in kernel.procs.values() if p.name == "sh:shell.exec")
         assert runner.caps == frozenset({"shell.exec"})  # that capability and nothing else
     await kernel.shutdown()
@@ -373,17 +280,18 @@ async def test_denied_host_command_does_not_run(settings: Any) -> None:
         await _approval(pilot, app)
         await pilot.press("n")
         await wait_for(pilot, lambda: "error: shell.exec needs approval" in text(app))
-        assert RAN == []
+        assert "[exit" not in text(app)
     await kernel.shutdown()
 
 
 async def test_always_approves_the_rest_of_that_process_only(settings: Any) -> None:
     kernel = await make_kernel(settings)
     done = asyncio.Event()
+    ran: list[str] = []
 
     async def agent(ctx: Any) -> int:
-        for cmd in ("one", "two"):
-            await ctx.sys.shell.exec(command=cmd)
+        for word in ("one", "two"):
+            ran.append((await ctx.sys.shell.exec(command=f"echo {word}")).stdout.strip())
         done.set()
         return 0
 
@@ -392,22 +300,25 @@ async def test_always_approves_the_rest_of_that_process_only(settings: Any) -> N
         proc = await kernel.spawn(agent, caps=["shell.exec"], name="agent")
         await _approval(pilot, app)
         await pilot.press("a")
-        await wait_for(pilot, done.is_set)
-        assert RAN == ["one", "two"]  # the second call asked nobody
+        await wait_for(pilot, done.is_set)  # the second call asked nobody
+        assert ran == ["one", "two"]
         assert (proc.pid, "shell.exec") in app.always
         # Another process still asks.
-        await pilot.press(*"!three", "enter")
+        await pilot.press(*"!echo three", "enter")
         await _approval(pilot, app)
         await pilot.press("y")
-        await wait_for(pilot, lambda: RAN == ["one", "two", "three"])
+        await wait_for(pilot, lambda: "three\n[exit 0]" in text(app))
     await kernel.shutdown()
 
 
 async def test_killing_a_process_closes_its_approval_dialog(settings: Any) -> None:
     kernel = await make_kernel(settings)
 
+    returned = asyncio.Event()
+
     async def agent(ctx: Any) -> int:
-        await ctx.sys.shell.exec(command="never")
+        await ctx.sys.shell.exec(command="echo never")
+        returned.set()
         return 0
 
     app = LlmosShell(settings, kernel=kernel)
@@ -416,7 +327,7 @@ async def test_killing_a_process_closes_its_approval_dialog(settings: Any) -> No
         await _approval(pilot, app)
         kernel.signal(proc.pid, "KILL")
         await wait_for(pilot, lambda: not isinstance(app.screen, ApprovalScreen))
-        assert RAN == [] and proc.exit_reason == "killed"
+        assert not returned.is_set() and proc.exit_reason == "killed"
     await kernel.shutdown()
 
 
@@ -492,4 +403,17 @@ async def test_exit_quits(settings: Any) -> None:
         app.query_one("#prompt").focus()
         await pilot.press(*"exit", "enter")
         await wait_for(pilot, lambda: not app.is_running)
+    await kernel.shutdown()
+
+
+async def test_usage_errors_come_from_the_command_table(settings: Any) -> None:
+    kernel = await make_kernel(settings)
+    app = LlmosShell(settings, kernel=kernel)
+    async with app.run_test() as pilot:
+        await typed(pilot, app, "kill", f"error: usage: {COMMANDS['kill'].usage}\n")
+        await typed(pilot, app, "cat", "error: usage: cat PATH\n")
+        await typed(pilot, app, "models load", f"error: usage: {COMMANDS['models'].usage}\n")
+        # A command's note follows its usage.
+        await typed(pilot, app, "spawn", 'error: usage: spawn NAME "task"  (programs: ')
+        assert "assistant" in text(app).rsplit("programs: ", 1)[1]
     await kernel.shutdown()

@@ -35,7 +35,7 @@ async def test_spawn_react_computes_17_times_23(settings: Any, real_model_path: 
 
 
 async def test_qa_answers_from_a_written_doc_and_cites_it(
-    settings: Any, real_model_path: Path
+    settings: Any, real_model_path: Path, minilm: Any
 ) -> None:
     app = LlmosShell(settings)
     async with app.run_test(size=(120, 40)) as pilot:

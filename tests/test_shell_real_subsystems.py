@@ -13,12 +13,14 @@ from tests.conftest import scripted_factory
 from tests.test_shell_commands import text, typed, wait_for
 
 
-async def test_memory_fs_commands_on_the_real_filesystem(settings: Any, tmp_path: Path) -> None:
+async def test_memory_fs_commands_on_the_real_filesystem(
+    settings: Any, tmp_path: Path, minilm: Any
+) -> None:
     host = tmp_path / "docs"
     host.mkdir()
     (host / "llamas.md").write_text("Llamas are domesticated camelids from the Andes.\n")
     (host / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # skipped, and the summary says so
-    kernel = Kernel(settings, backend_factory=scripted_factory())
+    kernel = Kernel(settings, backend_factory=scripted_factory(), embedder=minilm)
     app = LlmosShell(settings, kernel=kernel)
     async with app.run_test(size=(120, 40)) as pilot:
         await typed(pilot, app, "mkdir /home/me", "made /home/me")

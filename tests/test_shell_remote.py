@@ -1,7 +1,8 @@
 """`llmos shell --connect URL`: the shell's commands against a real daemon on loopback.
 
-The daemon runs the scripted engine and the real memory FS (SQLite + Chroma, MiniLM
-embeddings for search); the shell holds no kernel, only an HTTP client."""
+The daemon runs the scripted engine and the real memory FS (SQLite + Chroma, with the
+deterministic hash embedder in MiniLM's place: these pin the shell's plumbing, not retrieval
+quality); the shell holds no kernel, only an HTTP client."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from llmos.cli import app as cli
 from llmos.client import Client
 from llmos.config import load_settings
 from llmos.server import BackgroundServer, create_app
-from llmos.shell.app import REMOTE_APPROVAL, LlmosShell
-from llmos.shell.backend import RemoteBackend
-from tests.conftest import scripted_factory
+from llmos.shell.app import LlmosShell
+from llmos.shell.backend import REMOTE_APPROVAL, RemoteBackend
+from tests.conftest import HashEmbedder, scripted_factory
 from tests.test_shell_commands import text, typed, wait_for
 
 HOLD = (
@@ -30,7 +31,9 @@ HOLD = (
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = load_settings(data_dir=tmp_path_factory.mktemp("daemon") / "data")
-    app = create_app(settings, backend_factory=scripted_factory(), preload=True)
+    app = create_app(
+        settings, backend_factory=scripted_factory(), embedder=HashEmbedder(), preload=True
+    )
     server = BackgroundServer(app)
     try:
         yield server.start()
@@ -134,7 +137,9 @@ async def test_ctrl_c_kills_the_daemons_answer(settings: Any, tmp_path: Path) ->
         responder=lambda c: "word " * 3000, on_decode=lambda e: time.sleep(0.01)
     )
     daemon_settings = load_settings(data_dir=tmp_path / "daemon")
-    server = BackgroundServer(create_app(daemon_settings, backend_factory=slow, preload=True))
+    server = BackgroundServer(
+        create_app(daemon_settings, backend_factory=slow, embedder=HashEmbedder(), preload=True)
+    )
     url = server.start()
     try:
         app = shell(settings, url)

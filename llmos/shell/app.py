@@ -14,8 +14,9 @@ import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -24,7 +25,9 @@ from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from llmos.config import Settings
 from llmos.memory.mountscan import mount_summary, skipped_lines
+from llmos.memory.prompts import PROMPT_DIR
 from llmos.shell.backend import (
+    Backend,
     CommandError,
     LocalBackend,
     RemoteBackend,
@@ -32,43 +35,69 @@ from llmos.shell.backend import (
 )
 from llmos.shell.history import CommandHistory
 
-__all__ = ["COMMANDS", "HELP", "CommandError", "LlmosShell"]
+__all__ = ["COMMANDS", "HELP", "Command", "CommandError", "LlmosShell", "UsageError", "command"]
 
-COMMANDS: dict[str, str] = {
-    "<text>": "chat with the assistant (streams the answer; it remembers the conversation)",
-    "remember": "remember TEXT   the assistant keeps a fact about you in its core memory",
-    "!CMD": "run a host command through shell.exec (asks for approval)",
-    "ps": "list processes",
-    "top": "show or hide the live process panel; kernel-wide figures",
-    "kill": "kill [-TERM|-KILL|-STOP|-CONT] PID   send a signal (default TERM)",
-    "nice": "nice PID N   set a process's priority",
-    "run": "run prog.py [args]   run an agent program file as a process",
-    "spawn": 'spawn NAME "task"   start a named program (e.g. spawn react "17*23")',
-    "logs": "logs PID [-f]   show a process's output; -f follows it",
-    "ls": "ls [PATH]   list a memory-FS directory",
-    "cat": "cat PATH   show a memory-FS file",
-    "write": "write PATH TEXT   write a memory-FS file",
-    "rm": "rm [-r] PATH   remove a memory-FS path (-r: a whole tree)",
-    "mkdir": "mkdir PATH   make a memory-FS directory",
-    "search": 'search "query" [PATH]   semantic search of the memory FS',
-    "mount": "mount HOSTDIR NAME   mount a host folder read-only at /mnt/NAME",
-    "umount": "umount NAME   unmount /mnt/NAME",
-    "qa": 'qa "question" [--scope PATH]   answer from the memory FS, citing sources',
-    "models": "models [load NAME | unload NAME]   list, load or unload models",
-    "prompts": "prompts [NAME]   list the prompt templates in /etc/prompts, or show one",
-    "history": "history   the commands typed so far",
-    "files": "files   browse the memory FS (also Ctrl+B)",
-    "clear": "clear the screen",
-    "help": "this text (F1 opens it as a screen)",
-    "exit": "quit (also Ctrl+Q)",
-}
-KEYS = "keys: Ctrl+C stops the current answer (or follow), Ctrl+Q quits, Ctrl+T toggles the process panel, Ctrl+B browses files, F1 help, Tab completes, Up/Down history"
-HELP = (
-    "commands:\n" + "".join(f"  {name:9} {text}\n" for name, text in COMMANDS.items()) + KEYS + "\n"
+# -- the command table ------------------------------------------------------------------------
+Handler = Callable[["LlmosShell", list[str]], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+# How Tab completes a command's arguments: process ids, memory-FS paths, or model names.
+Completion = Literal["pid", "path", "model"]
+
+
+class UsageError(CommandError):
+    """A command given the wrong arguments: the shell shows the command's usage from the
+    table, and this error's text, if any, as a note after it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One shell command, declared once with `@command` on its handler: `help` lists it,
+    `execute` dispatches to it, a `UsageError` from it shows its usage, Tab completes it."""
+
+    name: str
+    usage: str
+    help: str
+    run: Handler
+    complete: Completion | None = None
+    subcommands: tuple[str, ...] = ()  # what Tab offers as the first argument
+    aliases: tuple[str, ...] = ()
+
+    def help_line(self) -> str:
+        text = self.help if self.usage == self.name else f"{self.usage}   {self.help}"
+        return f"  {self.name:9} {text}\n"
+
+
+# Every command by its name and its aliases, in the order declared (the order `help` lists).
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str,
+    *,
+    help: str,
+    usage: str | None = None,
+    complete: Completion | None = None,
+    subcommands: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+) -> Callable[[H], H]:
+    """Declare the decorated `LlmosShell` method as the command `name` (usage: `name` alone
+    when it takes no arguments)."""
+
+    def register(run: H) -> H:
+        cmd = Command(name, usage or name, help, run, complete, subcommands, aliases)
+        for word in (name, *aliases):
+            COMMANDS[word] = cmd
+        return run
+
+    return register
+
+
+# What a line may be besides a command (not dispatched by its first word): listed first.
+FORMS = (
+    ("<text>", "chat with the assistant (streams the answer; it remembers the conversation)"),
+    ("!CMD", "run a host command through shell.exec (asks for approval)"),
 )
-FS_COMMANDS = {"ls", "cat", "write", "rm", "mkdir", "search", "files"}
-PID_COMMANDS = {"kill", "nice", "logs"}
-REMOTE_APPROVAL = "approval follows the daemon's policy"
+KEYS = "keys: Ctrl+C stops the current answer (or follow), Ctrl+Q quits, Ctrl+T toggles the process panel, Ctrl+B browses files, F1 help, Tab completes, Up/Down history"
 PANEL_COLUMNS = ("PID", "NAME", "STATE", "NICE", "MODEL", "TOKENS", "TOK/S", "WAIT")
 
 
@@ -130,26 +159,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _entries(value: Any) -> list[tuple[str, bool]]:
-    """(path-or-name, is_dir) pairs from whatever shape `fs.ls` returns."""
-    if hasattr(value, "model_dump"):
-        value = value.model_dump()
-    if isinstance(value, dict):
-        value = value.get("entries", list(value.values()))
-    out: list[tuple[str, bool]] = []
-    for item in value or []:
-        if hasattr(item, "model_dump"):
-            item = item.model_dump()
-        if isinstance(item, str):
-            out.append((item.rstrip("/"), item.endswith("/")))
-        elif isinstance(item, dict):
-            name = str(item.get("path") or item.get("name") or "")
-            kind = str(item.get("type") or item.get("kind") or "")
-            is_dir = bool(item.get("is_dir")) or kind in ("dir", "directory", "mount")
-            out.append((name.rstrip("/"), is_dir or name.endswith("/")))
-    return out
-
-
 class LlmosShell(App[None]):
     TITLE = "llmos"
     CSS = """
@@ -186,7 +195,7 @@ class LlmosShell(App[None]):
         self.settings = settings or load_settings()
         self.model = model
         self.agent = agent  # the assistant's home: /home/<agent>
-        self.backend: LocalBackend | RemoteBackend = (
+        self.backend: Backend = (
             RemoteBackend(connect, api_key=api_key)
             if connect
             else LocalBackend(self.settings, kernel)
@@ -197,17 +206,16 @@ class LlmosShell(App[None]):
         self.model_ready = False
         self.always: set[tuple[int, str]] = set()  # (pid, syscall) approved for good
         self.memory_probe: Callable[[], float] = _rss_mb
-        self._unlisten: Callable[[], None] | None = None
+        self._unattach: Callable[[], None] | None = None  # undoes `backend.attach`
+        self._closing = False
         self._panel_due = False
         self._last_panel = 0.0
-        self._poller: Any = None  # the timer polling a daemon's process rows
+        self._poller: Any = None  # the timer polling rows a backend sends no events for
         self._chat_lock = asyncio.Lock()  # one assistant answer at a time
 
     @property
     def kernel(self) -> Any:
-        """The embedded kernel (a shell connected to a daemon has none)."""
-        if not isinstance(self.backend, LocalBackend):
-            raise CommandError(f"no local kernel: this shell is connected to {self.backend.where}")
+        """The embedded kernel (a shell connected to a daemon has none: CommandError)."""
         return self.backend.kernel
 
     def compose(self) -> ComposeResult:
@@ -258,43 +266,42 @@ class LlmosShell(App[None]):
             self.panel.add_column(label, width=7 if label == "STATE" else None)
         self.panel.border_title = "processes"
         self.query_one("#prompt", Input).focus()
-        if isinstance(self.backend, LocalBackend) and self.backend.started:
-            self._attach_kernel()  # a kernel handed in may already be running processes
+        if self.backend.started:
+            self._attach_backend()  # a kernel handed in may already be running processes
         # The prompt is drawn first; the kernel boots after that first frame, and the model
         # loads in the background after that (a command typed meanwhile boots it on demand).
         self.call_after_refresh(self._boot)
 
     async def _boot(self) -> None:
-        if isinstance(self.backend, RemoteBackend):
-            await self._connect()
-            return
-        await self.backend.start()
-        self._attach_kernel()
-        self.refresh_panel()
-        self.run_worker(self._load_model(self.model or self.settings.default_model), group="load")
-
-    async def _connect(self) -> None:
-        """A daemon: its rows are polled every second; its own policy answers approvals."""
         try:
             await self.backend.start()
-        except CommandError as exc:
+        except CommandError as exc:  # a daemon that does not answer
             self.set_status(f"not connected: {exc}")
             self.say(f"error: {exc}")
             return
-        self.model_ready = True  # the daemon loads models on demand
-        self.set_status(f"connected to {self.backend.where} ({REMOTE_APPROVAL})")
+        self._attach_backend()
+        if self.backend.notice:
+            self.set_status(self.backend.notice)
         self.refresh_panel()
-        self._poller = self.set_interval(1.0, self._poll_soon)
+        if self.backend.poll_s is not None:
+            self._poller = self.set_interval(self.backend.poll_s, self._poll_soon)
+        if self.backend.preload_model:
+            self.run_worker(
+                self._load_model(self.model or self.settings.default_model), group="load"
+            )
+        else:
+            self.model_ready = True
 
     def _poll_soon(self) -> None:
-        self.run_worker(self._poll(), group="poll", exclusive=True)
+        self.run_worker(self._refresh(), group="poll", exclusive=True)
 
-    async def _poll(self) -> None:
+    async def _refresh(self) -> None:
+        """Redraw the panel now, with fresh rows (a daemon's are fetched first)."""
         from textual.css.query import NoMatches
 
         try:
             await self.backend.poll()
-            if self._poller is None:  # the shell is closing
+            if self._closing:
                 return
             self.refresh_panel()
         except CommandError as exc:
@@ -302,18 +309,10 @@ class LlmosShell(App[None]):
         except NoMatches:  # the screen went away while the daemon answered
             pass
 
-    async def _refresh(self) -> None:
-        """Redraw the panel now, with fresh rows from a daemon."""
-        if self.backend.remote:
-            await self._poll()
-        else:
-            self.refresh_panel()
-
-    def _attach_kernel(self) -> None:
-        """Answer the kernel's approval requests and hear its process events."""
-        if self._unlisten is None:
-            self.kernel.syscalls.approver = self.approve
-            self._unlisten = self.kernel.listen(self._on_process_event)
+    def _attach_backend(self) -> None:
+        """Answer the backend's approval requests and hear its process events."""
+        if self._unattach is None:
+            self._unattach = self.backend.attach(self.approve, self._on_process_event)
 
     async def _load_model(self, name: str) -> None:
         self.set_status(f"loading {name}...")
@@ -333,16 +332,13 @@ class LlmosShell(App[None]):
         await self._refresh()
 
     async def on_unmount(self) -> None:
-        if self._unlisten is not None:
-            self._unlisten()
+        self._closing = True
+        if self._unattach is not None:
+            self._unattach()
         if self._poller is not None:
             self._poller.stop()
             self._poller = None
-        backend = self.backend
-        if isinstance(backend, LocalBackend) and backend.started:
-            if backend.kernel.syscalls.approver == self.approve:
-                backend.kernel.syscalls.approver = None
-        await backend.close()
+        await self.backend.close()
 
     # -- the process panel and the status bar --------------------------------------------
     def _on_process_event(self, proc: Any, event: str) -> None:
@@ -382,15 +378,9 @@ class LlmosShell(App[None]):
 
     def refresh_stats(self, rows: list[dict[str, Any]] | None = None) -> None:
         rows = self.backend.rows() if rows is None else rows
-        snaps = self.backend.engines()
-        models = ",".join(s["model"] for s in snaps) or "no model"
+        models = ",".join(s["model"] for s in self.backend.engines()) or "no model"
         tok_s = sum(r["tok_s"] or 0.0 for r in rows if row_alive(r))
-        if self.backend.remote:  # the daemon's KV figures are not served; this is its URL
-            where = f"daemon {self.backend.where}"
-        else:
-            kv = sum(s["kv_cells_used"] for s in snaps)
-            kv_all = sum(s["kv_cells"] for s in snaps)
-            where = f"KV {kv}/{kv_all} | mem {self.memory_probe():.0f} MB"
+        where = self.backend.describe(self.memory_probe)
         self.query_one("#stats", Static).update(f"{models} | {tok_s:.1f} tok/s | {where}")
 
     def _tick(self) -> None:
@@ -416,17 +406,19 @@ class LlmosShell(App[None]):
             words = shlex.split(line)
         except ValueError:
             words = line.split()
-        cmd, args = words[0].lower(), words[1:]
-        handler = self._handlers().get(cmd)
-        if handler is None:
-            self.say(f"> {line}")
+        cmd = COMMANDS.get(words[0].lower())
+        self.say(f"> {line}")
+        if cmd is None:
             self.run_worker(self._guard(self.ask(line)), group="chat")
             return
-        if cmd in ("exit", "quit"):
-            self.exit()
-            return
-        self.say(f"> {line}")
-        self.run_worker(self._guard(handler(args)), group="cmd")
+        self.run_worker(self._guard(self._run(cmd, words[1:])), group="cmd")
+
+    async def _run(self, cmd: Command, args: list[str]) -> None:
+        try:
+            await cmd.run(self, args)
+        except UsageError as exc:
+            note = f"  ({exc})" if str(exc) else ""
+            raise CommandError(f"usage: {cmd.usage}{note}") from None
 
     async def _guard(self, coro: Awaitable[None]) -> None:
         from llmos.errors import LlmosError
@@ -435,19 +427,6 @@ class LlmosShell(App[None]):
             await coro
         except (CommandError, LlmosError) as exc:
             self.say(f"error: {exc}")
-
-    def _handlers(self) -> dict[str, Callable[[list[str]], Awaitable[None]]]:
-        return {
-            "exit": self.cmd_exit, "quit": self.cmd_exit, "help": self.cmd_help,
-            "clear": self.cmd_clear, "ps": self.cmd_ps, "top": self.cmd_top,
-            "kill": self.cmd_kill, "nice": self.cmd_nice, "run": self.cmd_run,
-            "spawn": self.cmd_spawn, "logs": self.cmd_logs, "ls": self.cmd_ls,
-            "cat": self.cmd_cat, "write": self.cmd_write, "rm": self.cmd_rm,
-            "mkdir": self.cmd_mkdir, "search": self.cmd_search, "mount": self.cmd_mount,
-            "umount": self.cmd_umount, "qa": self.cmd_qa, "models": self.cmd_models,
-            "prompts": self.cmd_prompts, "history": self.cmd_history, "files": self.cmd_files,
-            "remember": self.cmd_remember,
-        }  # fmt: skip
 
     # -- syscalls from the shell -----------------------------------------------------------
     async def syscall(self, name: str, /, **args: Any) -> Any:
@@ -481,18 +460,19 @@ class LlmosShell(App[None]):
         self.say(f"[{spec.name} for pid {ctx.pid}: {'approved' if approved else 'denied'}]")
         return approved
 
-    # -- commands ---------------------------------------------------------------------------
-    async def cmd_exit(self, args: list[str]) -> None:
-        self.exit()
+    # -- commands: each declared once, with its usage, help line and completion -----------
+    @command(
+        "remember",
+        usage="remember TEXT",
+        help="the assistant keeps a fact about you in its core memory",
+    )
+    async def cmd_remember(self, args: list[str]) -> None:
+        if not args:
+            raise UsageError("e.g. remember I live in Paris")
+        text = " ".join(args)
+        await self.ask(text if text.lower().startswith("remember") else f"remember that {text}")
 
-    async def cmd_help(self, args: list[str]) -> None:
-        self.say(HELP)
-        if self.backend.remote:
-            self.say(f"connected to the daemon at {self.backend.where}: {REMOTE_APPROVAL}")
-
-    async def cmd_clear(self, args: list[str]) -> None:
-        self.out.clear()
-
+    @command("ps", help="list processes")
     async def cmd_ps(self, args: list[str]) -> None:
         self.say(f"{'PID':>5} {'NAME':14} {'STATE':9} {'NICE':>4} {'TOKENS':>6} {'TOK/S':>6} EXIT")
         for r in await self.backend.ps():
@@ -503,6 +483,7 @@ class LlmosShell(App[None]):
                 f"{r['tokens']:>6} {tps:>6} {code}"
             )
 
+    @command("top", help="show or hide the live process panel; kernel-wide figures")
     async def cmd_top(self, args: list[str]) -> None:
         self.action_toggle_panel()
         top = await self.backend.top()
@@ -525,20 +506,27 @@ class LlmosShell(App[None]):
         await self.backend.check(pid)  # no such process: an error here
         return pid
 
+    @command(
+        "kill",
+        usage="kill [-TERM|-KILL|-STOP|-CONT] PID",
+        help="send a signal (default TERM)",
+        complete="pid",
+    )
     async def cmd_kill(self, args: list[str]) -> None:
         sig = "TERM"
         if args and args[0].startswith("-"):
             sig = args.pop(0)[1:].upper()
         if len(args) != 1:
-            raise CommandError("usage: kill [-TERM|-KILL|-STOP|-CONT] PID")
+            raise UsageError
         pid = await self._pid(args[0])
         await self.backend.signal(pid, sig)
         self.say(f"sent {sig} to {pid}")
         await self._refresh()
 
+    @command("nice", usage="nice PID N", help="set a process's priority", complete="pid")
     async def cmd_nice(self, args: list[str]) -> None:
         if len(args) != 2:
-            raise CommandError("usage: nice PID N")
+            raise UsageError
         pid = await self._pid(args[0])
         try:
             value = int(args[1])
@@ -548,29 +536,33 @@ class LlmosShell(App[None]):
         self.say(f"pid {pid} nice {value}")
         await self._refresh()
 
+    @command("run", usage="run prog.py [args]", help="run an agent program file as a process")
     async def cmd_run(self, args: list[str]) -> None:
         if not args:
-            raise CommandError("usage: run prog.py [args]")
+            raise UsageError
         pid = await self.backend.run_file(args[0], args[1:], self.model)
         await self._stream(pid)
 
+    @command(
+        "spawn",
+        usage='spawn NAME "task"',
+        help='start a named program (e.g. spawn react "17*23")',
+    )
     async def cmd_spawn(self, args: list[str]) -> None:
         if not args:
-            raise CommandError(f'usage: spawn NAME "task"  (programs: {self._programs()})')
+            raise UsageError(f"programs: {self.backend.programs()}")
         name = args[0]
         pid = await self.backend.spawn(name, *args[1:], name=name, model=self.model)
         self.say(f"[pid {pid}] {name} started; `logs {pid} -f` follows it")
 
-    def _programs(self) -> str:
-        if self.backend.remote:
-            return "assistant, react, rag, ... as the daemon has them"
-        return ", ".join(self.backend.programs()) or "none"
-
+    @command(
+        "logs", usage="logs PID [-f]", help="show a process's output; -f follows it", complete="pid"
+    )
     async def cmd_logs(self, args: list[str]) -> None:
         follow = "-f" in args
         rest = [a for a in args if a != "-f"]
         if len(rest) != 1:
-            raise CommandError("usage: logs PID [-f]")
+            raise UsageError
         pid = await self._pid(rest[0])
         if not follow:
             self.say(await self.backend.logs(pid) or f"[pid {pid}: no output]")
@@ -600,78 +592,107 @@ class LlmosShell(App[None]):
         if ended.message:
             self.say(ended.message)
 
+    @command("ls", usage="ls [PATH]", help="list a memory-FS directory", complete="path")
     async def cmd_ls(self, args: list[str]) -> None:
         path = args[0] if args else "/"
         entries = await self.list_dir(path)
         self.say("\n".join(n + ("/" if d else "") for n, d in entries) or "(empty)")
 
     async def list_dir(self, path: str) -> list[tuple[str, bool]]:
-        return _entries(await self.syscall("fs.ls", path=path))
+        """(absolute path, is a directory) for each entry, as `fs.ls` gives them."""
+        return [(e["path"], e["kind"] == "dir") for e in await self.syscall("fs.ls", path=path)]
 
+    @command("cat", usage="cat PATH", help="show a memory-FS file", complete="path")
     async def cmd_cat(self, args: list[str]) -> None:
         if len(args) != 1:
-            raise CommandError("usage: cat PATH")
+            raise UsageError
         self.say(_fmt(await self.syscall("fs.read", path=args[0])))
 
+    @command("write", usage="write PATH TEXT", help="write a memory-FS file", complete="path")
     async def cmd_write(self, args: list[str]) -> None:
         if len(args) < 2:
-            raise CommandError("usage: write PATH TEXT")
+            raise UsageError
         await self.syscall("fs.write", path=args[0], content=" ".join(args[1:]))
         self.say(f"wrote {args[0]}")
 
+    @command(
+        "rm",
+        usage="rm [-r] PATH",
+        help="remove a memory-FS path (-r: a whole tree)",
+        complete="path",
+    )
     async def cmd_rm(self, args: list[str]) -> None:
         recursive = "-r" in args
         args = [a for a in args if a != "-r"]
         if len(args) != 1:
-            raise CommandError("usage: rm [-r] PATH")
+            raise UsageError
         await self.syscall("fs.rm", path=args[0], recursive=recursive or None)
         self.say(f"removed {args[0]}")
 
+    @command("mkdir", usage="mkdir PATH", help="make a memory-FS directory", complete="path")
     async def cmd_mkdir(self, args: list[str]) -> None:
         if len(args) != 1:
-            raise CommandError("usage: mkdir PATH")
+            raise UsageError
         await self.syscall("fs.mkdir", path=args[0])
         self.say(f"made {args[0]}")
 
+    @command(
+        "search",
+        usage='search "query" [PATH]',
+        help="semantic search of the memory FS",
+        complete="path",
+    )
     async def cmd_search(self, args: list[str]) -> None:
         if not 1 <= len(args) <= 2:
-            raise CommandError('usage: search "query" [PATH]')
+            raise UsageError
         hits = await self.syscall("fs.search", query=args[0], path=args[1] if args[1:] else None)
         self.say(_fmt(hits) or "(no matches)")
 
+    @command("mount", usage="mount HOSTDIR NAME", help="mount a host folder read-only at /mnt/NAME")
     async def cmd_mount(self, args: list[str]) -> None:
         if len(args) != 2:
-            raise CommandError("usage: mount HOSTDIR NAME")
+            raise UsageError
         host = _host_path(args[0])
         out = await self.syscall("fs.mount", host=host, name=args[1])
-        if isinstance(out, dict) and "files" in out:  # counts, and what was skipped and why
-            self.say(f"mounted {host} at /mnt/{args[1]}: {mount_summary(out)}")
-            for line in skipped_lines(out, limit=20):  # all: `llmos fs mount --verbose`
-                self.say(line)
-        else:
-            self.say(_fmt(out))
+        # the counts, and what was skipped and why
+        self.say(f"mounted {host} at /mnt/{args[1]}: {mount_summary(out)}")
+        for line in skipped_lines(out, limit=20):  # all: `llmos fs mount --verbose`
+            self.say(line)
 
+    @command("umount", usage="umount NAME", help="unmount /mnt/NAME", complete="path")
     async def cmd_umount(self, args: list[str]) -> None:
         if len(args) != 1:
-            raise CommandError("usage: umount NAME")
+            raise UsageError
         self.say(_fmt(await self.syscall("fs.umount", name=args[0])))
 
+    @command(
+        "qa",
+        usage='qa "question" [--scope PATH]',
+        help="answer from the memory FS, citing sources",
+    )
     async def cmd_qa(self, args: list[str]) -> None:
         scope = None
         if "--scope" in args:
             i = args.index("--scope")
             if i + 1 >= len(args):
-                raise CommandError('usage: qa "question" [--scope PATH]')
+                raise UsageError
             scope = args[i + 1]
             args = args[:i] + args[i + 2 :]
         if not args:
-            raise CommandError('usage: qa "question" [--scope PATH]')
+            raise UsageError
         self.say(_fmt(await self.syscall("qa.ask", question=" ".join(args), scope=scope)))
 
+    @command(
+        "models",
+        usage="models [load NAME | unload NAME]",
+        help="list, load or unload models",
+        complete="model",
+        subcommands=("load", "unload"),
+    )
     async def cmd_models(self, args: list[str]) -> None:
         if args and args[0] in ("load", "unload"):
             if len(args) != 2:
-                raise CommandError(f"usage: models {args[0]} NAME")
+                raise UsageError
             if args[0] == "load":
                 await self._load_model(args[1])
             else:
@@ -680,30 +701,48 @@ class LlmosShell(App[None]):
                 await self._refresh()
             return
         if args:
-            raise CommandError("usage: models [load NAME | unload NAME]")
+            raise UsageError
         for name, file, loaded in await self.backend.models():
             self.say(f"{'*' if loaded else ' '} {name:28} {file}".rstrip())
         self.say("(* loaded)")
 
+    @command(
+        "prompts",
+        usage="prompts [NAME]",
+        help="list the prompt templates in /etc/prompts, or show one",
+        complete="path",
+    )
     async def cmd_prompts(self, args: list[str]) -> None:
+        # A template NAME is the file /etc/prompts/NAME.txt (as `prompt.render` reads it).
         if args:
-            self.say(_fmt(await self.syscall("fs.read", path=f"/etc/prompts/{args[0]}")))
+            path = f"{PROMPT_DIR}/{args[0].removesuffix('.txt')}.txt"
+            self.say(_fmt(await self.syscall("fs.read", path=path)))
         else:
-            entries = await self.list_dir("/etc/prompts")
-            self.say("\n".join(n.rsplit("/", 1)[-1] for n, _ in entries) or "(no prompts)")
+            names = [p.rsplit("/", 1)[-1] for p, _ in await self.list_dir(PROMPT_DIR)]
+            self.say("\n".join(n.removesuffix(".txt") for n in names) or "(no prompts)")
 
+    @command("history", help="the commands typed so far")
     async def cmd_history(self, args: list[str]) -> None:
         for i, line in enumerate(self.hist.lines, 1):
             self.say(f"{i:>4}  {line}")
 
+    @command("files", help="browse the memory FS (also Ctrl+B)", complete="path")
     async def cmd_files(self, args: list[str]) -> None:
         self.action_files()
 
-    async def cmd_remember(self, args: list[str]) -> None:
-        if not args:
-            raise CommandError("usage: remember TEXT   (e.g. remember I live in Paris)")
-        text = " ".join(args)
-        await self.ask(text if text.lower().startswith("remember") else f"remember that {text}")
+    @command("clear", help="clear the screen")
+    async def cmd_clear(self, args: list[str]) -> None:
+        self.out.clear()
+
+    @command("help", help="this text (F1 opens it as a screen)")
+    async def cmd_help(self, args: list[str]) -> None:
+        self.say(HELP)
+        if self.backend.notice:
+            self.say(self.backend.notice)
+
+    @command("exit", help="quit (also Ctrl+Q)", aliases=("quit",))
+    async def cmd_exit(self, args: list[str]) -> None:
+        self.exit()
 
     # -- chat and host commands -----------------------------------------------------------
     async def ask(self, question: str) -> None:
@@ -746,27 +785,29 @@ class LlmosShell(App[None]):
         words = value.split(" ")
         word = words[-1]
         if len(words) == 1:
-            return word, sorted(c for c in self._handlers() if c.startswith(word))
-        cmd = words[0]
-        if cmd in PID_COMMANDS:
-            return word, [str(p) for p in self.backend.pids() if str(p).startswith(word)]
-        if cmd == "models":
-            if len(words) == 2:
-                return word, [w for w in ("load", "unload") if w.startswith(word)]
-            names = [name for name, _, _ in await self.backend.models()]
-            return word, [n for n in names if n.startswith(word)]
-        if cmd in FS_COMMANDS or cmd in ("umount", "prompts"):
-            base = word.rsplit("/", 1)[0] + "/" if "/" in word else "/"
-            try:
-                entries = await self.list_dir(base)
-            except CommandError:
-                return word, []
-            full = [
-                (n if n.startswith("/") else base.rstrip("/") + "/" + n) + ("/" if d else "")
-                for n, d in entries
-            ]
-            return word, [p for p in full if p.startswith(word)]
-        return word, []
+            return word, sorted(c for c in COMMANDS if c.startswith(word))
+        cmd = COMMANDS.get(words[0])
+        if cmd is None:
+            return word, []
+        if cmd.subcommands and len(words) == 2:
+            options = list(cmd.subcommands)
+        elif cmd.complete is not None:
+            options = await self._completions(cmd.complete, word)
+        else:
+            options = []
+        return word, [o for o in options if o.startswith(word)]
+
+    async def _completions(self, kind: Completion, word: str) -> list[str]:
+        if kind == "pid":
+            return [str(p) for p in self.backend.pids()]
+        if kind == "model":
+            return [name for name, _, _ in await self.backend.models()]
+        base = word.rsplit("/", 1)[0] + "/" if "/" in word else "/"
+        try:
+            entries = await self.list_dir(base)
+        except CommandError:
+            return []
+        return [p + ("/" if d else "") for p, d in entries]
 
     async def complete(self) -> None:
         prompt = self.query_one("#prompt", Input)
@@ -788,8 +829,7 @@ class LlmosShell(App[None]):
     # -- actions -----------------------------------------------------------------------------
     def action_cancel(self) -> None:
         pid = self.current_pid
-        # (a daemon's rows may not show a process spawned a moment ago: signal it anyway)
-        if pid is not None and (self.backend.remote or self.backend.alive(pid)):
+        if pid is not None and self.backend.alive(pid):
             self.run_worker(
                 self._guard(self.backend.signal(pid, "KILL", reason="cancelled")),
                 group="cancel",
@@ -812,15 +852,18 @@ class LlmosShell(App[None]):
     def action_files(self) -> None:
         from llmos.shell.screens import FsBrowser
 
-        async def lister(path: str) -> list[tuple[str, bool]]:
-            full = []
-            for n, d in await self.list_dir(path):
-                full.append((n if n.startswith("/") else path.rstrip("/") + "/" + n, d))
-            return full
-
         def opened(path: str | None) -> None:
             if path:
                 self.say(f"> cat {path}")
                 self.run_worker(self._guard(self.cmd_cat([path])), group="cmd")
 
-        self.push_screen(FsBrowser(lister), callback=opened)
+        self.push_screen(FsBrowser(self.list_dir), callback=opened)
+
+
+HELP = (
+    "commands:\n"
+    + "".join(f"  {form:9} {text}\n" for form, text in FORMS)
+    + "".join(cmd.help_line() for word, cmd in COMMANDS.items() if word == cmd.name)
+    + KEYS
+    + "\n"
+)

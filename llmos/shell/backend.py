@@ -1,26 +1,34 @@
 """What the shell's commands act on: an embedded kernel, or a daemon over HTTP.
 
-Both backends answer the same small interface, so every command is written once:
-`LocalBackend` wraps a `Kernel` in this process (approval dialogs, process events);
-`RemoteBackend` wraps `llmos.client.AsyncClient` (the daemon's approval policy decides,
-the process panel is polled). Errors come out as `CommandError` or `LlmosError`, shown by
-the shell as one `error:` line.
+Both backends answer one interface (`Backend`), so every command is written once and the
+shell never asks which backend it has: `LocalBackend` wraps a `Kernel` in this process
+(approval dialogs, process events, KV figures); `RemoteBackend` wraps
+`llmos.client.AsyncClient` (the daemon's approval policy decides, the process panel is
+polled). What differs between them is a method or property here. Errors come out as
+`CommandError` or `LlmosError`, shown by the shell as one `error:` line.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llmos.config import Settings
 from llmos.core.process import ProcessState
 
 # The person at the shell owns the memory FS (as the server's trusted caller does); other
 # syscalls run with exactly their own capability (llmos.kernel.oneshot decides both).
+
+REMOTE_APPROVAL = "approval follows the daemon's policy"
+
+# The syscall table's approver: (ctx, spec, validated args) -> approved?
+Approver = Callable[[Any, Any, dict[str, Any]], Awaitable[bool]]
+# Called on each process event (the process, the event's name).
+ProcessListener = Callable[[Any, str], None]
 
 
 class CommandError(Exception):
@@ -50,11 +58,76 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+class Backend(Protocol):
+    """What the shell acts on. Process rows are `ps` dicts (pid, name, state, nice, model,
+    tokens, tok_s, wait_s, exit_code); memory-FS results are the `fs.*` syscalls' own."""
+
+    where: str
+    # Seconds between fetches of the process rows; None: `attach`'s listener hears every
+    # process event, so the shell redraws on events and never polls.
+    poll_s: float | None
+    # Whether the shell loads the default model at start (showing progress); False: the
+    # other side loads models on demand, so the shell is ready at once.
+    preload_model: bool
+
+    @property
+    def kernel(self) -> Any:
+        """The embedded kernel; CommandError where there is none."""
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def notice(self) -> str | None:
+        """A line on how this backend differs from the shell's defaults (who approves),
+        for the status bar once started and for `help`; None: nothing to say."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def attach(self, approver: Approver, listener: ProcessListener) -> Callable[[], None]:
+        """Route approval requests to `approver` and process events to `listener`, where
+        the backend has them; returns the function that undoes both."""
+
+    def describe(self, memory_mb: Callable[[], float]) -> str:
+        """The status bar's last part: what the kernel holds, or where it is."""
+
+    async def load_model(self, name: str, progress: Callable[[float], None]) -> None: ...
+    async def unload_model(self, name: str) -> None: ...
+    async def models(self) -> list[tuple[str, str, bool]]: ...
+    async def poll(self) -> None: ...
+    def rows(self) -> list[dict[str, Any]]: ...
+    def engines(self) -> list[dict[str, Any]]: ...
+    async def ps(self) -> list[dict[str, Any]]: ...
+    async def top(self) -> dict[str, Any]: ...
+    def pids(self) -> list[int]: ...
+
+    def alive(self, pid: int) -> bool:
+        """Whether the process may still be running (so a signal may reach it)."""
+
+    async def check(self, pid: int) -> None: ...
+    async def signal(self, pid: int, sig: str, reason: str | None = None) -> None: ...
+    async def renice(self, pid: int, nice: int) -> None: ...
+
+    def programs(self) -> str:
+        """The programs `spawn` can start, as a line for a usage error."""
+
+    async def spawn(self, program: str, *args: Any, name: str, model: str | None) -> int: ...
+    async def run_file(self, path: str, args: list[str], model: str | None) -> int: ...
+    def follow(self, pid: int) -> AsyncIterator[str]: ...
+    async def wait(self, pid: int) -> Ended: ...
+    async def state(self, pid: int) -> str: ...
+    async def logs(self, pid: int) -> str: ...
+    async def syscall(self, name: str, args: dict[str, Any]) -> Any: ...
+
+
 class LocalBackend:
     """The kernel in this process."""
 
-    remote = False
     where = "local kernel"
+    poll_s: float | None = None  # the kernel's process events redraw the panel
+    preload_model = True
+    notice = None  # approvals: the shell's own dialogs
 
     def __init__(self, settings: Settings, kernel: Any = None) -> None:
         self.settings = settings
@@ -80,8 +153,23 @@ class LocalBackend:
         if self.own_kernel and self._kernel is not None:
             await self._kernel.shutdown()
 
-    def listen(self, fn: Callable[[Any, str], None]) -> Callable[[], None]:
-        return self.kernel.listen(fn)  # type: ignore[no-any-return]
+    def attach(self, approver: Approver, listener: ProcessListener) -> Callable[[], None]:
+        syscalls = self.kernel.syscalls
+        syscalls.approver = approver
+        unlisten = self.kernel.listen(listener)
+
+        def detach() -> None:
+            unlisten()
+            if syscalls.approver == approver:  # not one another shell set meanwhile
+                syscalls.approver = None
+
+        return detach
+
+    def describe(self, memory_mb: Callable[[], float]) -> str:
+        snaps = self.engines()
+        kv = sum(s["kv_cells_used"] for s in snaps)
+        kv_all = sum(s["kv_cells"] for s in snaps)
+        return f"KV {kv}/{kv_all} | mem {memory_mb():.0f} MB"
 
     async def load_model(self, name: str, progress: Callable[[float], None]) -> None:
         await self.kernel.engine(name, progress=progress)
@@ -129,14 +217,13 @@ class LocalBackend:
     async def renice(self, pid: int, nice: int) -> None:
         self.kernel.renice(pid, nice)
 
-    def programs(self) -> list[str]:
-        return sorted(self.kernel.programs)
+    def programs(self) -> str:
+        return ", ".join(sorted(self.kernel.programs)) or "none"
 
     async def spawn(self, program: str, *args: Any, name: str, model: str | None) -> int:
         if program not in self.kernel.programs:
             raise CommandError(
-                f"not available: no program named {program!r} "
-                f"(programs: {', '.join(self.programs()) or 'none'})"
+                f"not available: no program named {program!r} (programs: {self.programs()})"
             )
         proc = await self.kernel.spawn(program, *args, name=name, model=model)
         return int(proc.pid)
@@ -194,8 +281,9 @@ class LocalBackend:
 class RemoteBackend:
     """A running daemon (`llmos serve`), through the async client."""
 
-    remote = True
     started = True
+    poll_s: float | None = 1.0  # the daemon sends no process events to a shell
+    preload_model = False  # the daemon loads models on demand
 
     def __init__(self, url: str, *, api_key: str | None = None, client: Any = None) -> None:
         from llmos.client import AsyncClient
@@ -223,14 +311,28 @@ class RemoteBackend:
         with self._errors():
             return await fn(*args, **kw)
 
+    @property
+    def kernel(self) -> Any:
+        raise CommandError(f"no local kernel: this shell is connected to {self.where}")
+
+    @property
+    def notice(self) -> str:
+        return f"connected to the daemon at {self.where}: {REMOTE_APPROVAL}"
+
     async def start(self) -> None:
         await self.poll()
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    def listen(self, fn: Callable[[Any, str], None]) -> Callable[[], None]:
-        raise NotImplementedError("a remote kernel's events are polled")
+    def attach(self, approver: Approver, listener: ProcessListener) -> Callable[[], None]:
+        # Nothing to route: the daemon's own policy answers approvals (there is nobody to
+        # ask there), and its process rows are polled every `poll_s`.
+        return lambda: None
+
+    def describe(self, memory_mb: Callable[[], float]) -> str:
+        # The daemon serves no KV figures, and this process's memory is not the kernel's.
+        return f"daemon {self.where}"
 
     async def load_model(self, name: str, progress: Callable[[float], None]) -> None:
         self._loaded = await self._call(self.client.load_model, name)
@@ -268,7 +370,9 @@ class RemoteBackend:
         return [int(r["pid"]) for r in self._rows]
 
     def alive(self, pid: int) -> bool:
-        return any(r["pid"] == pid and row_alive(r) for r in self._rows)
+        # Rows polled a moment ago may not show a process spawned since: only a row that
+        # shows it ended says it is not alive.
+        return not any(r["pid"] == pid and not row_alive(r) for r in self._rows)
 
     async def check(self, pid: int) -> None:
         await self._call(self.client.get, pid)
@@ -279,8 +383,8 @@ class RemoteBackend:
     async def renice(self, pid: int, nice: int) -> None:
         await self._call(self.client.nice, pid, nice)
 
-    def programs(self) -> list[str]:
-        return []  # the daemon names its programs when one is missing
+    def programs(self) -> str:
+        return "assistant, react, rag, ... as the daemon has them"  # it names them on a miss
 
     async def spawn(self, program: str, *args: Any, name: str, model: str | None) -> int:
         from llmos.client import ApiError
