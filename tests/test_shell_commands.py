@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from textual.widgets import Input
+
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.oneshot import MEMORY_CAPS
 from llmos.memory import prompts
@@ -55,8 +57,13 @@ def seed(fs: MemoryFS) -> None:
 
 
 async def typed(pilot: Any, app: LlmosShell, line: str, expect: str) -> None:
-    app.query_one("#prompt").focus()
-    await pilot.press(*line, "enter")
+    """Enter a command line: its text put in the prompt at once, then a real Enter (key by
+    key typing cost 1-4 s a command; the Tab-completion tests press keys themselves)."""
+    prompt = app.query_one("#prompt", Input)
+    prompt.focus()
+    prompt.value = line
+    prompt.cursor_position = len(line)
+    await pilot.press("enter")
     await wait_for(pilot, lambda: expect in text(app))
 
 
