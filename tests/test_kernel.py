@@ -178,3 +178,33 @@ async def test_ps_and_top_report_generation_statistics(scripted_kernel: Kernel) 
     (model,) = top["models"]
     assert model["tokens_decoded"] >= 19 and model["slots"] >= 1 and "kv_cells_used" in model
     assert row["model"] == model["model"]  # spawned with no model: the default's name, as used
+
+
+async def test_declared_services_open_on_demand_and_close_at_shutdown(
+    settings: Any, hash_embedder: Any
+) -> None:
+    """The memory FS, embedder, model manager and process table share one lifecycle: each
+    opens on first use (the table at boot), shutdown closes them, a restart opens fresh
+    ones; an embedder the caller provided is the caller's and survives."""
+    import sqlite3
+
+    from llmos.memory.service import open_memory
+    from tests.conftest import scripted_factory
+
+    k = Kernel(settings, backend_factory=scripted_factory(), embedder=hash_embedder)
+    async with k:
+        assert not k._services.opened(open_memory)  # nothing touched memory yet
+        fs, table, models = k.memory, k.proctable, k.models
+        assert k.memory is fs and k.models is models and k.embedder is hash_embedder
+        assert fs.index.embedder is hash_embedder  # one embedder, shared
+        fs.write("/tmp/note.txt", "kept")
+        await k.engine()
+        assert list(models.loaded) == [settings.default_model]
+    assert k.proctable is None and not models.loaded  # engines stopped
+    for db in (fs.db, table.db):
+        with pytest.raises(sqlite3.ProgrammingError):
+            db.execute("SELECT 1")
+    async with k:
+        assert k.memory is not fs and k.proctable is not table and k.models is not models
+        assert k.memory.read("/tmp/note.txt") == "kept"
+        assert k.embedder is hash_embedder

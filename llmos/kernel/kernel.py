@@ -84,7 +84,7 @@ class Kernel:
         if embedder is not None:  # a test's (or an embedder shared with another kernel)
             self._services.provide(open_embedder, embedder)
         self.library = ModelLibrary(self.settings.data_dir)
-        self.models = ModelManager(self.settings, self.library, backend_factory=backend_factory)
+        self._backend_factory = backend_factory
         self.syscalls = SyscallTable(policy=dict(self.settings.approvals))
         self.procs: dict[int, Process] = {}
         self._pids = itertools.count(1)
@@ -120,7 +120,7 @@ class Kernel:
                 if not plugin:
                     raise
                 log.warning("tool plug-in: %s", exc)
-        self.proctable = ProcTable(self.settings.data_dir / "kernel.db")
+        self.proctable = self.service(_open_proctable)
         self.syscalls.audit = self.proctable.audit
         for pname, prog in registry.load_programs().items():
             self.programs.setdefault(pname, prog)  # programs set before start() win
@@ -134,18 +134,20 @@ class Kernel:
             _, stubborn = await asyncio.wait(list(self._tasks), timeout=self.shutdown_grace_s)
             for task in stubborn:
                 task.cancel()
-        await asyncio.to_thread(self.models.close)
+        self.syscalls.audit = None  # the process table closes with the other services
         await asyncio.to_thread(self._services.close_all)
-        if self.proctable is not None:
-            self.syscalls.audit = None
-            self.proctable.close()
-            self.proctable = None
+        self.proctable = None
         self.booted = False
 
     def service(self, open: Callable[[Any], T]) -> T:
         """The kernel's instance of a declared service, opened by `open(kernel)` on first
         use and closed at shutdown (see `llmos/kernel/services.py`)."""
         return self._services.get(open)
+
+    @property
+    def models(self) -> ModelManager:
+        """The loaded models (a declared service: their engines stop at shutdown)."""
+        return self.service(_open_models)
 
     @property
     def memory(self) -> MemoryFS:
@@ -490,3 +492,12 @@ class Kernel:
             if proc.state is ProcessState.BLOCKED:
                 self._set_state(proc, ProcessState.RUNNING)
         return gen
+
+
+# The kernel's own services (memory/service.py declares the memory FS and the embedder).
+def _open_models(kernel: Kernel) -> ModelManager:
+    return ModelManager(kernel.settings, kernel.library, backend_factory=kernel._backend_factory)
+
+
+def _open_proctable(kernel: Kernel) -> ProcTable:
+    return ProcTable(kernel.settings.data_dir / "kernel.db")

@@ -63,6 +63,7 @@ class ProcTable:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._closed = False
         # Wall-clock time (rows are read across kernels and restarts); a test passes its own
         # to age the audit buffer without waiting.
         self._clock = clock
@@ -174,8 +175,11 @@ class ProcTable:
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def close(self) -> None:
+        if self._closed:  # the kernel's shutdown closes it; a test may have already
+            return
         self.flush()
         self.db.close()
+        self._closed = True
 
 
 def _running(os_pid: int | None) -> bool:

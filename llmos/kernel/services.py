@@ -19,22 +19,26 @@ class Services:
     def __init__(self, owner: Any) -> None:
         self._owner = owner
         self._open: dict[Callable[..., Any], Any] = {}  # insertion order = opening order
+        self._provided: dict[Callable[..., Any], Any] = {}  # the caller's: kept, not closed
         # Re-entrant: opening the memory FS opens the embedder it uses.
         self._lock = threading.RLock()
 
     def get(self, open: Callable[[Any], T]) -> T:
         with self._lock:
+            if open in self._provided:
+                return self._provided[open]  # type: ignore[no-any-return]
             if open not in self._open:
                 self._open[open] = open(self._owner)
             return self._open[open]  # type: ignore[no-any-return]
 
     def provide(self, open: Callable[[Any], T], value: T) -> None:
-        """Use `value` as the service `open` would make (a test's embedder, say)."""
+        """Use `value` as the service `open` would make (a test's embedder, say). The caller
+        owns it: it outlives a shutdown and is not closed by it."""
         with self._lock:
-            self._open[open] = value
+            self._provided[open] = value
 
     def opened(self, open: Callable[[Any], Any]) -> bool:
-        return open in self._open
+        return open in self._open or open in self._provided
 
     def close_all(self) -> None:
         """Close what was opened, newest first (the memory FS before its embedder); a later
