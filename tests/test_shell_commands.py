@@ -424,3 +424,18 @@ async def test_usage_errors_come_from_the_command_table(settings: Any) -> None:
         await typed(pilot, app, "spawn", 'error: usage: spawn NAME "task"  (programs: ')
         assert "assistant" in text(app).rsplit("programs: ", 1)[1]
     await kernel.shutdown()
+
+
+async def test_a_command_before_the_boot_boots_the_kernel(settings: Any) -> None:
+    """The shell boots its kernel after the first frame; a command that comes sooner (a
+    fast typist, a pasted line) boots it rather than finding no syscalls."""
+    from llmos.shell.backend import LocalBackend
+
+    kernel = Kernel(settings, backend_factory=scripted_factory(), embedder=HashEmbedder())
+    backend = LocalBackend(settings, kernel=kernel)
+    assert not kernel.booted
+    try:
+        await backend.syscall("fs.mkdir", {"path": "/home/me"})
+        assert kernel.booted and kernel.memory.stat("/home/me").kind == "dir"
+    finally:
+        await kernel.shutdown()

@@ -266,6 +266,9 @@ class LocalBackend:
         shell user's), so permissions, approval and audit apply as to any agent."""
         from llmos.kernel.oneshot import run_syscall
 
+        # A command typed before the boot after the first frame has run boots the kernel
+        # itself (start is idempotent), so its syscalls are registered when it looks.
+        await self.kernel.start()
         spec = self.kernel.syscalls.specs.get(name)
         if spec is None:
             raise CommandError(
