@@ -141,7 +141,9 @@ def _nproc_counts_the_namespace() -> bool:
     """Whether RLIMIT_NPROC inside a fresh user namespace counts that namespace's processes
     only (Linux 5.14 and later) rather than every process of the host user. Probed: with a
     limit of 8, three children fork there only if the count starts afresh (the host user
-    of a running kernel has more than 8 processes, or the limit could not bite anyway)."""
+    of a running kernel has more than 8 processes, or the limit could not bite anyway).
+    Linux never applies the limit to the host's root user: run as root, a fork bomb is
+    stopped by the timeout and the PID namespace's end instead (tests cover both)."""
     import subprocess
 
     try:
