@@ -5,7 +5,10 @@
     │   ├── ConfigError             a bad setting or config file
     │   ├── ModelError              a model can't be found, read or loaded
     │   │   ├── ModelNotFound
-    │   │   └── InvalidModelFile    not a GGUF, truncated, corrupt
+    │   │   ├── InvalidModelFile    not a GGUF, truncated, corrupt
+    │   │   └── HubError            a model hub can't give the file: offline, no such or a
+    │   │                           gated repo, no GGUF in it, a hash that does not match
+    │   ├── NotEnoughSpace          too little free disk for a file about to be written
     │   └── ChatTemplateError       no chat template and no format given
     ├── SyscallError                returned to the calling agent as an observation
     │   ├── UnknownSyscall
@@ -51,6 +54,14 @@ class ModelNotFound(ModelError):
 
 class InvalidModelFile(ModelError):
     pass
+
+
+class HubError(ModelError):
+    """A model hub could not give the file (`llmos models pull`); the message says what to do."""
+
+
+class NotEnoughSpace(UserError):
+    """Too little free disk for a file about to be written; checked before writing it."""
 
 
 class ChatTemplateError(UserError):

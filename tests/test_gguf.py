@@ -71,3 +71,13 @@ def test_corrupt_array_count_fails_fast(tmp_path: Path) -> None:
     p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv)
     with pytest.raises(InvalidModelFile, match="corrupt"):
         read_gguf(p)
+
+
+def test_truncated_inside_the_token_table(tmp_path: Path, real_model_path: Path) -> None:
+    # The token strings are stepped over in 1 MB reads, not read one by one: a file that
+    # ends among them is still "truncated", never a struct error or a silent success.
+    p = tmp_path / "cut.gguf"
+    with real_model_path.open("rb") as f:
+        p.write_bytes(f.read(600_000))
+    with pytest.raises(InvalidModelFile, match="truncated"):
+        read_gguf(p)

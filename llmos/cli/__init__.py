@@ -361,6 +361,7 @@ def shell(
     LlmosShell(settings=config, model=model, connect=connect).run()
 
 
+from llmos.cli.eval import register as _register_eval  # noqa: E402
 from llmos.cli.fs import register as _register_fs  # noqa: E402
 from llmos.cli.models import register as _register_models  # noqa: E402
 from llmos.cli.remote import register as _register_remote  # noqa: E402
@@ -368,8 +369,12 @@ from llmos.cli.remote import register as _register_remote  # noqa: E402
 _register_remote(app)
 _register_fs(app)
 _register_models(app)
+_register_eval(app)
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    # nothing is fetched from a hub at run time, except by `models pull`, whose whole job
+    # that is (it still honours an HF_HUB_OFFLINE the user sets; see llmos/ops/pull.py)
+    if sys.argv[1:3] != ["models", "pull"]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()

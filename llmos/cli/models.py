@@ -74,6 +74,147 @@ def models_add(
     )
 
 
+@models_app.command("pull")
+def models_pull(
+    repo: Annotated[str, typer.Argument(help="a Hugging Face model repo, owner/name")],
+    file: Annotated[str | None, typer.Option("--file", help="the .gguf file in the repo")] = None,
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="pick the GGUF whose name holds this, e.g. Q4_K_M")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="name in the catalog")] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="branch, tag or commit (default: main)")
+    ] = None,
+) -> None:
+    """Download a GGUF from a Hugging Face repo (resumable, hash-checked) and add it.
+
+    The one command that uses the network. HF_ENDPOINT: the hub; HF_TOKEN: gated repos."""
+    import sys
+
+    from llmos.cli.progress import Reporter
+    from llmos.ops.pull import pull
+
+    def ask(names: Any) -> str:
+        for i, n in enumerate(names, 1):
+            typer.echo(f"{i:3}  {n}", err=True)
+        while True:
+            pick = typer.prompt("which file", type=int, err=True)
+            if 1 <= pick <= len(names):
+                return str(names[pick - 1])
+            typer.echo(f"a number from 1 to {len(names)}, please", err=True)
+
+    # at a terminal, huggingface_hub's own bar (bytes, rate, time left); elsewhere a plain
+    # line every few seconds (`Reporter`), in MB
+    tty = sys.stderr.isatty()
+    interactive = tty and sys.stdin.isatty()
+    reporter = Reporter("off" if tty else "lines", {"download": ("downloading", "MB")})
+    # huggingface_hub logs a warning on each retry, with the whole (often a signed CDN)
+    # address; the bar or the lines show the stall, and a failure is one line of ours
+    from huggingface_hub.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with reporter:
+            pulled = pull(
+                _library(), repo, file=file, quant=quant, name=name, revision=revision,
+                ask=ask if interactive else None, bar=tty,
+                progress=lambda done, total: reporter.update("download", done / 1e6, total / 1e6),
+            )  # fmt: skip
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    entry, meta = pulled.entry, pulled.entry.meta or {}
+    how = (
+        f"resumed at {_human(pulled.resumed_from)}" if pulled.resumed_from
+        else "downloaded" if pulled.downloaded else "already here"
+    )  # fmt: skip
+    typer.echo(
+        f"pulled {entry.name}: {meta.get('architecture')} {meta.get('quantization')}, "
+        f"{_human(meta.get('size_bytes', 0))} ({how}, sha256 checked)"
+    )
+
+
+@models_app.command("quantize")
+def models_quantize(
+    source: Annotated[str, typer.Argument(help="a model name or a .gguf path")],
+    type_name: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="llama.cpp's file type: Q4_K_M, Q5_K_M, Q8_0, F16, F32, ... "
+            "(with --prune-layers alone: the source's)",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="name in the catalog")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a model of that name")] = False,
+    prune_layers: Annotated[
+        str | None, typer.Option("--prune-layers", help="transformer blocks to drop, e.g. 10,11")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", help="0: every core")] = 0,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Write a model at another quantization, or without some blocks, and add it.
+
+    llama.cpp's own quantizer runs in a worker process; the new model's lineage (parent,
+    operation, parameters) is kept in the catalog and shown by `models info`."""
+    from llmos.cli.progress import Reporter
+    from llmos.ops.quantize import quantize
+
+    reporter = Reporter.for_flag(progress, {"quantize": ("quantizing", "tensors")})
+    try:
+        with reporter:
+            done = quantize(
+                _library(), source, type_name, name=name, force=force,
+                prune_layers=prune_layers, nthread=threads,
+                progress=lambda n, total: reporter.update("quantize", n, total),
+                warn=lambda text: typer.echo(f"warning: {text}", err=True),
+            )  # fmt: skip
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    for note in done.warnings:  # llama.cpp's: tensors whose shape took a fallback type
+        typer.echo(f"note: {note}", err=True)
+    p, meta = done.plan, done.entry.meta or {}
+    if as_json:
+        typer.echo(json.dumps({**done.entry.as_dict(), "seconds": round(done.seconds, 3)}))
+        return
+    blocks = ""
+    if p.prune_layers:
+        n = int(p.header.metadata.get(f"{p.header.architecture}.block_count", 0))
+        blocks = f", {n - len(p.prune_layers)} of {n} blocks"
+    typer.echo(
+        f"{p.operation} {p.source.name} ({p.header.quantization}, {_human(p.header.file_size)})"
+        f" -> {done.entry.name} ({meta.get('quantization')}, "
+        f"{_human(meta.get('size_bytes', 0))}{blocks}) in {done.seconds:.1f} s"
+    )
+
+
+def _lineage_text(lineage: dict[str, Any]) -> str:
+    """One line for `models info`: "quantize of PARENT (Q4_1): type=Q8_0, ..."."""
+
+    def show(v: Any) -> str:
+        if isinstance(v, list):
+            return ",".join(map(str, v))
+        return json.dumps(v) if isinstance(v, bool) else str(v)
+
+    if "operation" not in lineage:  # another origin (a hub): its fields as they are
+        return ", ".join(f"{k}={show(v)}" for k, v in lineage.items())
+    params = lineage.get("parameters") or {}
+    shown = ", ".join(f"{k}={show(v)}" for k, v in params.items() if v not in (None, [], False))
+    text = (
+        f"{lineage['operation']} of {lineage.get('parent')} ({lineage.get('parent_quantization')})"
+    )
+    text += f": {shown}" if shown else ""
+    if lineage.get("created"):
+        text += f"; {lineage['created']}"
+    if isinstance(lineage.get("parent_lineage"), dict):
+        text += f" <- {_lineage_text(lineage['parent_lineage'])}"
+    return text
+
+
 @models_app.command("remove")
 def models_remove(name: str) -> None:
     """Remove a model from the catalog (the file is left alone)."""
@@ -99,4 +240,6 @@ def models_info(name: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
             v = f"{v} ({_human(v)})"
         elif k == "parameters":
             v = f"{v:,}"
+        elif k == "lineage" and isinstance(v, dict):
+            v = _lineage_text(v)
         typer.echo(f"{k:16} {v}")

@@ -13,10 +13,15 @@ validates grammars before building a sampler from them.
 from __future__ import annotations
 
 import ctypes
+import importlib
+import importlib.util
 import json
 import logging
+import re
+import sys
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +42,31 @@ def _llama() -> Any:
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     import llama_cpp
 
+    L = llama_cpp
+    if not hasattr(L, "llama_backend_init"):  # the shell `binding_only` left: the binding
+        L = importlib.import_module("llama_cpp.llama_cpp")
     with _init_lock:
         if not _initialized:
-            llama_cpp.llama_backend_init()
+            L.llama_backend_init()
             _initialized = True
-    return llama_cpp
+    return L
+
+
+def binding_only() -> None:
+    """Load only llama.cpp's C binding (`llama_cpp.llama_cpp`) in this process, not the
+    package's high-level half (`Llama`, chat formats: numpy, jinja2), which took 0.09 of
+    the 0.1 s that importing llama_cpp costs here. For a process that needs nothing else
+    (the quantize worker: its start is part of every quantize's time). Call it before
+    anything imports llama_cpp: the package is then an empty shell whose submodules still
+    import, and `from llama_cpp import Llama` fails in this process."""
+    if "llama_cpp" in sys.modules:
+        return
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return  # not installed: the import in _llama() says so
+    shell = types.ModuleType("llama_cpp")
+    shell.__path__ = list(spec.submodule_search_locations)
+    sys.modules["llama_cpp"] = shell
 
 
 def system_info() -> dict[str, Any]:
@@ -65,6 +90,82 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:
         raise GenerationError(f"JSON schema cannot be turned into a grammar: {exc}") from exc
+
+
+def quantize_types() -> dict[str, int]:
+    """llama.cpp's output file types by name, as `llama-quantize` spells them ("Q4_K_M",
+    "F16", "F32"), read from the binding's `LLAMA_FTYPE_*` constants so a type the vendored
+    llama.cpp gains is offered without a table here to update."""
+    L = _llama()
+    out: dict[str, int] = {}
+    for attr in dir(L):
+        if not attr.startswith("LLAMA_FTYPE_") or attr == "LLAMA_FTYPE_GUESSED":
+            continue
+        name = attr.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+        out[name] = int(getattr(L, attr))
+    return out
+
+
+_TENSOR_LINE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
+
+
+def quantize_file(
+    src: str | Path,
+    dst: str | Path,
+    ftype: int,
+    *,
+    allow_requantize: bool = False,
+    prune_layers: Sequence[int] = (),
+    nthread: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Write `src` as file type `ftype` to `dst` with `llama_model_quantize`; return
+    llama.cpp's warnings (tensors that fell back to another type). `progress(done, total)`
+    is called as each tensor starts (`total` counts the source's tensors, pruned ones too).
+
+    It replaces the process's llama.cpp log callback while it runs (the per-tensor lines
+    are the only progress llama.cpp gives), so call it from a worker process, not beside
+    loaded models. A failure is a `ModelError` with llama.cpp's own reason."""
+    L = _llama()
+    params = L.llama_model_quantize_default_params()  # the struct grows between versions
+    params.ftype = ftype
+    params.nthread = nthread
+    params.allow_requantize = allow_requantize
+    # llama.cpp reads the layer list up to a -1, as `llama-quantize --prune-layers` ends it
+    layers = (ctypes.c_int32 * (len(prune_layers) + 1))(*prune_layers, -1)
+    if prune_layers:
+        params.prune_layers = ctypes.cast(layers, ctypes.POINTER(ctypes.c_int32))
+    errors: list[str] = []
+    warnings: list[str] = []
+    level = [0]
+
+    def on_log(lvl: int, text: bytes | None, _user: Any) -> None:
+        # ggml_log_level: 2 info, 3 warn, 4 error, 5 continues the previous line's level
+        if not text:
+            return
+        if lvl != 5:
+            level[0] = lvl
+        m = _TENSOR_LINE.match(text)
+        if m and progress is not None:
+            progress(int(m.group(1)) - 1, int(m.group(2)))
+        elif level[0] == 4 and b"failed to quantize:" in text:
+            errors.append(text.split(b"failed to quantize:", 1)[1].decode(errors="replace"))
+        elif level[0] == 3 and b"WARNING:" in text:
+            warnings.append(text.split(b"WARNING:", 1)[1].decode(errors="replace").strip())
+
+    callback = L.llama_log_callback(on_log)  # kept referenced until the call returns
+    L.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        rc = L.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        # llama-cpp-python's own callback; without the package's high-level half (the
+        # worker), none: a NULL pointer sends llama.cpp's log to stderr again
+        restore = getattr(getattr(L, "_logger", None), "llama_log_callback", None)
+        L.llama_log_set(restore or L.llama_log_callback(), ctypes.c_void_p(0))
+    if rc != 0:
+        reason = " ".join(" ".join(errors).split()) or f"llama_model_quantize returned {rc}"
+        raise ModelError(f"llama.cpp could not quantize {Path(src).name}: {reason}")
+    return warnings
 
 
 def _prefilter(params: SamplingParams) -> int:
@@ -355,6 +456,129 @@ class LlamaBackend:
         n = int(L.llama_state_seq_set_data(self._ctx, buf, len(data), slot))
         if n == 0:
             raise GenerationError(f"could not restore a saved state into sequence {slot}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        L = self._L
+        L.llama_batch_free(self._batch)
+        L.llama_free(self._ctx)
+        L.llama_model_free(self._model)
+
+
+class LlamaScorer:
+    """Teacher-forced scoring of fixed-length token chunks, for perplexity (`ops/perplexity.py`
+    holds the method; this class only drives llama.cpp).
+
+    The context is laid out as llama.cpp's `llama-perplexity` lays out its own, so the two
+    compute the same logits: `n_seq` sequences of `n_chunk` cells each in separate KV streams
+    (`n_ctx = n_seq * n_chunk`), `n_batch` tokens per `llama_decode` (`n_batch < n_chunk`:
+    several decodes per chunk; a multiple of `n_chunk`: that many chunks per decode) and
+    micro-batches of at most 512. Logits are requested only for the positions scored, which
+    spares the output projection over the vocabulary for the rest (the costliest row-wise
+    step of a small model)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_chunk: int,
+        n_batch: int,
+        n_threads: int,
+        n_gpu_layers: int = 0,
+        flash_attn: str | bool = "auto",
+    ) -> None:
+        path = Path(path)
+        read_gguf(path)  # a bad file is a clear error before llama.cpp sees it
+        L = _llama()
+        self._L = L
+        self.n_chunk = n_chunk
+        self.n_seq = max(1, n_batch // n_chunk)
+        self.n_batch = min(n_batch, self.n_seq * n_chunk)
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        model = L.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise ModelError(f"llama.cpp could not load {path}")
+        self._model = model
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = self.n_seq * n_chunk
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = min(512, self.n_batch)  # llama-perplexity's default micro-batch
+        cparams.n_seq_max = self.n_seq
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        cparams.flash_attn_type = _FLASH.get(flash_attn, -1)
+        ctx = L.llama_init_from_model(model, cparams)
+        if not ctx:
+            L.llama_model_free(model)
+            raise ModelError(f"llama.cpp could not create a context for {path} (n_ctx={n_chunk})")
+        self._ctx = ctx
+        self._mem = L.llama_get_memory(ctx)
+        self._vocab = L.llama_model_get_vocab(model)
+        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(model))
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self.bos = int(L.llama_vocab_bos(self._vocab))
+        self.size_bytes = int(L.llama_model_size(model))
+        self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self._closed = False
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of the whole text as llama-perplexity takes them: special tokens added as
+        the model asks (BOS), special-token text left as text."""
+        L = self._L
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
+        return list(buf[:n])
+
+    def logits(self, chunks: list[list[int]], first: int, last: int) -> Any:
+        """Evaluate up to `n_seq` chunks of `n_chunk` tokens from an empty cache; return the
+        float32 logits at positions `first..last-1` of each, shaped (chunks, last - first,
+        n_vocab). With one decode per call the array is a view of llama.cpp's own output
+        buffer (no copy), valid until the next call."""
+        import numpy as np
+
+        L, b, n = self._L, self._batch, self.n_chunk
+        if not 0 < len(chunks) <= self.n_seq or any(len(c) != n for c in chunks):
+            raise GenerationError(f"expected 1..{self.n_seq} chunks of {n} tokens")
+        L.llama_memory_clear(self._mem, True)
+        rows = last - first
+        token, pos, n_seq, seq_id, want = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        parts: list[Any] = []
+        for start in range(0, n, self.n_batch):  # one pass when n_batch >= n_chunk
+            size = min(n - start, self.n_batch)
+            k = 0
+            for s, chunk in enumerate(chunks):
+                for p in range(start, start + size):
+                    token[k] = chunk[p]
+                    pos[k] = p
+                    n_seq[k] = 1
+                    seq_id[k][0] = s
+                    want[k] = first <= p < last
+                    k += 1
+            b.n_tokens = k
+            rc = L.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise GenerationError(f"llama_decode failed with code {rc}")
+            outs = len(chunks) * max(0, min(last, start + size) - max(first, start))
+            if outs:
+                view = np.ctypeslib.as_array(L.llama_get_logits(self._ctx), (outs, self.n_vocab))
+                parts.append(view if start + size >= n and not parts else view.copy())
+        if len(parts) == 1:
+            return parts[0].reshape(len(chunks), rows, self.n_vocab)
+        # several decodes per chunk: each decode's rows run over all chunks, so regroup
+        per = [p.reshape(len(chunks), -1, self.n_vocab) for p in parts]
+        return np.concatenate(per, axis=1)
 
     def close(self) -> None:
         if self._closed:

@@ -86,14 +86,20 @@ class ModelEntry:
     path: Path
     builtin: bool = False
     meta: dict[str, Any] | None = None
+    # where the file came from: {"source": "hub", "repo", "file", "revision", "sha256"} for
+    # a pulled model; a derived model names its parent and the operation
+    lineage: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "path": str(self.path),
             "builtin": self.builtin,
             **(self.meta or {}),
         }
+        if self.lineage:
+            out["lineage"] = self.lineage
+        return out
 
 
 class ModelLibrary:
@@ -138,7 +144,9 @@ class ModelLibrary:
     def list(self) -> list[ModelEntry]:
         entries = {e.name: e for e in self.builtins()}
         for name, rec in self._load().items():
-            entries[name] = ModelEntry(name, Path(rec["path"]), meta=rec.get("meta"))
+            entries[name] = ModelEntry(
+                name, Path(rec["path"]), meta=rec.get("meta"), lineage=rec.get("lineage")
+            )
         return sorted(entries.values(), key=lambda e: (not e.builtin, e.name))
 
     def get(self, name: str) -> ModelEntry:
@@ -156,19 +164,34 @@ class ModelLibrary:
         )
         raise ModelNotFound(f"unknown model {name!r}{hint}; known: {known}")
 
-    def add(self, path: str | Path, name: str | None = None) -> ModelEntry:
-        p = Path(path).expanduser()
-        info = read_gguf(p)  # raises ModelNotFound / InvalidModelFile with one clear line
-        name = name or re.sub(r"[^A-Za-z0-9._-]", "-", p.stem).strip("-").lower() or "model"
+    def name_for(self, path: str | Path, name: str | None = None) -> str:
+        """The catalog name `add` would give `path` (or `name`), checked: a command that
+        fetches or writes the file first (pull, quantize) asks before spending the time."""
+        stem = Path(path).stem
+        name = name or re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-").lower() or "model"
         if not _NAME_RE.match(name):
             raise UserError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
         if any(e.builtin and e.name == name for e in self.builtins()):
             raise UserError(f"{name!r} is a built-in model; choose another --name")
+        return name
+
+    def add(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        *,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelEntry:
+        p = Path(path).expanduser()
+        info = read_gguf(p)  # raises ModelNotFound / InvalidModelFile with one clear line
+        name = self.name_for(p, name)
         data = self._load()
         meta = info.summary()
         data[name] = {"path": str(p.resolve()), "meta": meta}
+        if lineage:
+            data[name]["lineage"] = lineage
         self._save(data)
-        return ModelEntry(name, p.resolve(), meta=meta)
+        return ModelEntry(name, p.resolve(), meta=meta, lineage=lineage)
 
     def remove(self, name: str) -> None:
         data = self._load()
@@ -199,7 +222,7 @@ class ModelLibrary:
     def info(self, name: str, configured: dict[str, str] | None = None) -> dict[str, Any]:
         entry = self.get(name)
         fmt = self.chat_format(entry, configured)
-        return {
+        out: dict[str, Any] = {
             "name": entry.name,
             "path": str(entry.path),
             "builtin": entry.builtin,
@@ -207,6 +230,9 @@ class ModelLibrary:
             "can_chat": fmt.can_chat,
             "chat_format": fmt.describe(),
         }
+        if entry.lineage:  # where it came from: a hub, or a parent and an operation
+            out["lineage"] = entry.lineage
+        return out
 
 
 @dataclass
