@@ -187,6 +187,19 @@ def _prefilter(params: SamplingParams) -> int:
     return k + params.repeat_last_n
 
 
+def _tokenize(L: Any, vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    """Token ids of `text`; a buffer too small is answered with the size needed."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (L.llama_token * cap)()
+    n = L.llama_tokenize(vocab, data, len(data), buf, cap, add_special, parse_special)
+    if n < 0:
+        cap = -n
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(vocab, data, len(data), buf, cap, add_special, parse_special)
+    return list(buf[:n])
+
+
 class LlamaBackend:
     def __init__(
         self,
@@ -268,16 +281,7 @@ class LlamaBackend:
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
-        L = self._L
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (L.llama_token * cap)()
-        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            buf = (L.llama_token * cap)()
-            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        return list(buf[:n])
+        return _tokenize(self._L, self._vocab, text, add_special, parse_special)
 
     def token_bytes(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -530,16 +534,7 @@ class LlamaScorer:
     def tokenize(self, text: str) -> list[int]:
         """Tokens of the whole text as llama-perplexity takes them: special tokens added as
         the model asks (BOS), special-token text left as text."""
-        L = self._L
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (L.llama_token * cap)()
-        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
-        if n < 0:
-            cap = -n
-            buf = (L.llama_token * cap)()
-            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, True, False)
-        return list(buf[:n])
+        return _tokenize(self._L, self._vocab, text, True, False)
 
     def logits(self, chunks: list[list[int]], first: int, last: int) -> Any:
         """Evaluate up to `n_seq` chunks of `n_chunk` tokens from an empty cache; return the
