@@ -354,7 +354,10 @@ def test_at_a_terminal_it_asks_and_draws_a_bar(hub: Hub, tmp_path: Path) -> None
     import struct
     import termios
 
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # as a user's shell
+    # As a user's shell has it: without the offline switch, and without the progress-bar
+    # switch that loading MiniLM earlier in this test process leaves in the environment.
+    unset = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     pid, fd = pty.fork()
     if pid == 0:  # the child: llmos as a user runs it (never back into pytest)
         try:

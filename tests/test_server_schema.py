@@ -36,6 +36,10 @@ schema = (
     schemathesis.pytest.from_fixture("api_schema")
     .exclude(path="/v1/embeddings")
     .exclude(tag="memory")
+    # perplexity scores with real llama.cpp (it reads the model file itself) and a task set
+    # runs a whole set: minutes under fuzzing; test_eval_syscalls.py covers both routes
+    .exclude(path="/v1/eval/perplexity")
+    .exclude(path="/v1/eval/run")
 )
 
 

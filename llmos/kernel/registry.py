@@ -36,6 +36,7 @@ DEFAULT_TOOLS = tuple(
         ("sandbox", "llmos.tools.sandbox"),
         ("text", "llmos.tools.text"),
         ("memory", "llmos.memory.syscalls"),
+        ("eval", "llmos.ops.evalsys"),  # a provider from the ops layer: a name, not an import
     )
 )
 DEFAULT_PROGRAMS = tuple(

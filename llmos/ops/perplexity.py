@@ -21,6 +21,7 @@ progress callback per chunk and a cancel event checked between chunks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import threading
 import time
@@ -203,12 +204,19 @@ def perplexity(
 async def in_worker(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
     """`fn(*args, cancel=event, **kw)` (`perplexity` or `evaluate_file`) on a worker thread,
     so an event loop (the kernel's, a server's) keeps running while llama.cpp works.
-    Cancelling the awaiting task sets the event, and the worker stops before its next chunk."""
+    Cancelling the awaiting task sets the event, and the worker stops before its next chunk;
+    the task ends only once it has (a KILLed process's model is closed when its task ends),
+    unless it is cancelled again while it waits."""
     cancel = kw.pop("cancel", None) or threading.Event()
+    # shielded, so a cancellation leaves the thread's future to be waited for below
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args, cancel=cancel, **kw))
     try:
-        return await asyncio.to_thread(fn, *args, cancel=cancel, **kw)
+        return await asyncio.shield(work)
     except asyncio.CancelledError:
         cancel.set()
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # EvalCancelled, most likely: retrieved, so asyncio does not log it
         raise
 
 
@@ -229,15 +237,27 @@ def evaluate_file(
     flash_attn: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    text: str | None = None,
+    source: str | None = None,
 ) -> tuple[EvalRun, PerplexityResult]:
     """Score `model` (a catalog name or a GGUF path) over `file` (the shipped text when
     None) and store the run in `<data_dir>/eval.db`. Inputs are checked before the model
-    loads, so a bad file or setting costs nothing."""
+    loads, so a bad file or setting costs nothing.
+
+    `text` given instead of a file (a syscall's caller sends the text itself) is scored and
+    hashed as the UTF-8 bytes of a file holding it would be; `source` names it in the run."""
     from llmos.kernel.models import ModelLibrary
 
-    path = file if file is not None else shipped_text()
     check_settings(ctx, batch or ctx)
-    text = read_text(path)  # before the model: a missing file is one line, at once
+    if text is not None:
+        path = Path(source or "(text)")
+        sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    else:
+        path = file if file is not None else shipped_text()
+        text = read_text(path)  # before the model: a missing file is one line, at once
+        sha = file_sha256(path)
+        if file is None:
+            source = f"(shipped) {path.name}"
     if not text.strip():
         raise UserError(f"{path} is empty")
     entry = ModelLibrary(data_dir).get(model)
@@ -261,8 +281,8 @@ def evaluate_file(
         model=entry.name,
         model_path=str(entry.path),
         lineage=lineage if isinstance(lineage, dict) else None,
-        file=str(path) if file is not None else f"(shipped) {path.name}",
-        file_sha256=file_sha256(path),
+        file=source or str(path),
+        file_sha256=sha,
         settings={"ctx": ctx, "batch": result.batch, "threads": threads, "flash_attn": flash_attn},
         scores={
             "ppl": result.ppl,

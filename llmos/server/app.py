@@ -10,6 +10,7 @@ Where each job lives:
     generation.py     the one admit → generate → stream-or-settle path chat and completions share
     streaming.py      the SSE transport (sse-starlette) and noticing a client that leaves
     native_routes.py  processes, syscalls, model load/unload, the memory filesystem
+    eval_routes.py    /v1/eval/*: perplexity, stored runs, comparison (the eval.* syscalls)
     metrics.py        /metrics (prometheus_client, a registry per app) and /health
     security.py       the guard: bind rules, bearer auth, body limit, request counts
 """
@@ -30,7 +31,7 @@ from llmos.config import Settings, load_settings
 from llmos.errors import LlmosError
 from llmos.kernel.kernel import Kernel
 from llmos.memory.index import Embedder
-from llmos.server import metrics, native_routes, openai_routes
+from llmos.server import eval_routes, metrics, native_routes, openai_routes
 from llmos.server.errors import ApiError, error_body, from_llmos
 from llmos.server.security import Guard
 from llmos.server.state import Api
@@ -91,6 +92,7 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(openai_routes.router(api))
     app.include_router(native_routes.router(api))
+    app.include_router(eval_routes.router(api))
     app.include_router(metrics.router(api))
     return app
 
