@@ -15,6 +15,7 @@ from llmos.errors import (
     ModelNotFound,
     NoSuchProcess,
     PermissionDenied,
+    ProcessKilled,
     SyscallError,
     UnknownSyscall,
     UserError,
@@ -25,6 +26,7 @@ _TYPES = {
     401: "invalid_request_error",
     403: "permission_error",
     404: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     501: "not_implemented_error",
@@ -69,6 +71,8 @@ def from_llmos(exc: LlmosError) -> ApiError:
         return ApiError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoSuchProcess):
         return ApiError(404, str(exc), code="no_such_process")
+    if isinstance(exc, ProcessKilled):  # someone sent the request's process KILL: not a fault
+        return ApiError(409, str(exc), code="process_killed")
     if isinstance(exc, PermissionDenied | ApprovalDenied):
         return ApiError(403, str(exc), code=getattr(exc, "kind", None))
     if isinstance(exc, UnknownSyscall):
