@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from llmos.cli import app
 from llmos.memory.index import Embedder
-from tests.conftest import HashEmbedder
+from tests.conftest import HashEmbedder, one_line_error
 
 runner = CliRunner()
 
@@ -35,14 +35,6 @@ def fs(*args: str, input: str | None = None) -> Result:
 def ok(result: Result) -> str:
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exit_code == 2, result.output
-    out = result.output.strip()
-    assert "Traceback" not in out, out
-    assert out.count("\n") == 0 and out.startswith("error: "), out
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from llmos.cli import app
 from llmos.config import load_settings
@@ -23,7 +23,7 @@ from llmos.ops.taskeval import (
     score_outputs,
     shipped_sets,
 )
-from tests.conftest import scripted_factory
+from tests.conftest import one_line_error, scripted_factory
 
 runner = CliRunner()
 
@@ -40,14 +40,6 @@ def responder(conversation: str) -> str:
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exit_code == 2, result.output
-    out = result.output.strip()
-    assert "Traceback" not in out, out
-    assert out.count("\n") == 0 and out.startswith("error: "), out
-    return out
 
 
 # -- metrics --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from llmos.errors import HubError, NotEnoughSpace
 from llmos.kernel.models import ModelLibrary
 from llmos.ops import pull as pull_mod
 from llmos.ops.pull import choose, pull
+from tests.conftest import one_line_error
 from tests.hubserver import COMMIT, TOKEN, Hub, Repo, tiny_gguf
 
 runner = CliRunner()
@@ -71,15 +72,6 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
     files = {Q4: tiny_gguf(15), Q8: tiny_gguf(7), "README.md": b"# tiny"}
     with serve(monkeypatch, {REPO: Repo(files)}) as h:
         yield h
-
-
-def one_line_error(result: Any) -> str:
-    assert result.exit_code == 2, result.output
-    out = result.output.strip()
-    assert "Traceback" not in out
-    assert out.count("\n") == 0, out
-    assert out.startswith("error: ")
-    return str(out)
 
 
 def nothing_left(data_dir: Path) -> None:

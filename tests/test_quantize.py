@@ -22,6 +22,7 @@ from llmos.kernel.llama_backend import LlamaBackend
 from llmos.kernel.models import ModelLibrary
 from llmos.kernel.scheduler import Policy
 from llmos.ops import quantize as q
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 DEFAULT = "smollm2-135m-instruct"
@@ -37,12 +38,8 @@ def leftovers() -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def one_line_error(args: list[str]) -> str:
-    r = runner.invoke(app, ["models", "quantize", *args])
-    assert r.exit_code == 2, r.output
-    out = r.output.strip()
-    assert out.count("\n") == 0 and out.startswith("error: "), out
-    return out
+def quantize_error(args: list[str]) -> str:
+    return one_line_error(runner.invoke(app, ["models", "quantize", *args]))
 
 
 async def first_words(path: Path) -> str:
@@ -127,7 +124,7 @@ def test_a_derived_model_keeps_its_parents_lineage(real_model_path: Path) -> Non
 def test_bad_inputs_are_one_line_and_leave_nothing(
     real_model_path: Path, args: list[str], expected: str
 ) -> None:
-    assert expected in one_line_error([DEFAULT, *args])
+    assert expected in quantize_error([DEFAULT, *args])
     assert leftovers() == []
 
 
@@ -135,7 +132,7 @@ def test_a_truncated_source_is_refused(tmp_path: Path, real_model_path: Path) ->
     half = tmp_path / "half.gguf"
     with real_model_path.open("rb") as f:
         half.write_bytes(f.read(20 << 20))
-    assert "truncated" in one_line_error([str(half), "--type", "Q8_0"])
+    assert "truncated" in quantize_error([str(half), "--type", "Q8_0"])
     assert leftovers() == []
 
 
@@ -144,7 +141,7 @@ def test_an_existing_destination_needs_force(real_model_path: Path) -> None:
     folder.mkdir(parents=True)
     taken = folder / f"{DEFAULT}-q4_0.gguf"
     taken.write_bytes(b"someone else's file")
-    assert "already exists; pass --force" in one_line_error([DEFAULT, "--type", "Q4_0"])
+    assert "already exists; pass --force" in quantize_error([DEFAULT, "--type", "Q4_0"])
     assert taken.read_bytes() == b"someone else's file" and leftovers() == [taken.name]
     r = runner.invoke(app, ["models", "quantize", DEFAULT, "--type", "Q4_0", "--force"])
     assert r.exit_code == 0, r.output
@@ -160,7 +157,7 @@ def test_too_little_disk_is_refused_before_writing(
         return real(path)._replace(free=50_000_000)  # less than the 145 MB Q8_0 needs
 
     monkeypatch.setattr(shutil, "disk_usage", nearly_full)
-    out = one_line_error([DEFAULT, "--type", "Q8_0"])
+    out = quantize_error([DEFAULT, "--type", "Q8_0"])
     assert "not enough disk space" in out and "needs about 14" in out
     assert leftovers() == []
 

@@ -187,6 +187,13 @@ def _prefilter(params: SamplingParams) -> int:
     return k + params.repeat_last_n
 
 
+def _free(L: Any, batch: Any, ctx: Any, model: Any) -> None:
+    """Release a batch, its context and the model, in the order llama.cpp needs."""
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+
+
 def _tokenize(L: Any, vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:
     """Token ids of `text`; a buffer too small is answered with the size needed."""
     data = text.encode("utf-8")
@@ -462,13 +469,9 @@ class LlamaBackend:
             raise GenerationError(f"could not restore a saved state into sequence {slot}")
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        L = self._L
-        L.llama_batch_free(self._batch)
-        L.llama_free(self._ctx)
-        L.llama_model_free(self._model)
+        if not self._closed:
+            self._closed = True
+            _free(self._L, self._batch, self._ctx, self._model)
 
 
 class LlamaScorer:
@@ -576,10 +579,6 @@ class LlamaScorer:
         return np.concatenate(per, axis=1)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        L = self._L
-        L.llama_batch_free(self._batch)
-        L.llama_free(self._ctx)
-        L.llama_model_free(self._model)
+        if not self._closed:
+            self._closed = True
+            _free(self._L, self._batch, self._ctx, self._model)
