@@ -384,24 +384,30 @@ async def run_tasks(
         tokens_per_s=tokens / wall if wall > 0 else None,
         seconds=wall,
     )
-    if store:
-        with EvalStore.open(kernel.settings.data_dir) as db:
-            db.add(run)
-    return {
-        "run": run.as_dict(),
-        "scores": scores,
-        "seconds": wall,
-        "tokens": tokens,
-        "tokens_per_s": run.tokens_per_s,
-        "latency_s": {
+    return _report(
+        kernel,
+        run,
+        store,
+        tokens=tokens,
+        tokens_per_s=run.tokens_per_s,
+        latency_s={
             "mean": statistics.fmean(latencies),
             "median": statistics.median(latencies),
             "max": max(latencies),
         },
-        "concurrency": width,
-        "max_concurrent": peak,
-        "items": items,
-    }
+        concurrency=width,
+        max_concurrent=peak,
+        items=items,
+    )
+
+
+def _report(kernel: Any, run: EvalRun, store: bool, **extra: Any) -> dict[str, Any]:
+    """Store a finished run (unless told not to) and what the caller shows of it: the run,
+    its scores and wall time, and what this kind of evaluation adds."""
+    if store:
+        with EvalStore.open(kernel.settings.data_dir) as db:
+            db.add(run)
+    return {"run": run.as_dict(), "scores": run.scores, "seconds": run.seconds, **extra}
 
 
 async def ask_program(ctx: Context, question: str, scope: str, k: int, max_tokens: int) -> Any:
@@ -501,13 +507,4 @@ async def rag_eval(
         tokens_per_s=tokens_per_s,
         seconds=wall,
     )
-    if store:
-        with EvalStore.open(kernel.settings.data_dir) as db:
-            db.add(run)
-    return {
-        "run": run.as_dict(),
-        "scores": scores,
-        "seconds": wall,
-        "retrieval_s": retrieval_s,
-        "items": items,
-    }
+    return _report(kernel, run, store, retrieval_s=retrieval_s, items=items)
