@@ -5,8 +5,8 @@ same context and threads; each side runs as a whole command in its own process, 
 turns, and the wall time includes loading the model and tokenizing on both sides. The
 value must agree within 0.5% and llmos should run at >= 0.9x llama-perplexity's speed.
 
-llama-perplexity is built by hand from the llama.cpp that llama-cpp-python vendors
-(`../shared/tools/build-llama-peers.sh`) and never committed; pass its path:
+llama-perplexity is built by hand from the llama.cpp that llama-cpp-python vendors, and
+never committed; pass its path:
 
     python benchmarks/bench_perplexity.py --llama-perplexity PATH [--ctx 512] [--rounds 3]
 """
