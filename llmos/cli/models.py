@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from llmos.cli.common import fail, settings
+from llmos.core.units import human_bytes
 from llmos.errors import LlmosError
 
 models_app = typer.Typer(help="The model library: list, add, remove, info.", no_args_is_help=True)
@@ -23,15 +24,6 @@ def _library() -> Any:
     from llmos.kernel.models import ModelLibrary
 
     return ModelLibrary(settings().data_dir)
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 @models_app.command("list")
@@ -70,7 +62,7 @@ def models_add(
         raise fail(str(exc)) from None
     meta = entry.meta or {}
     typer.echo(
-        f"added {entry.name}: {meta.get('architecture')} {meta.get('quantization')}, {_human(meta.get('size_bytes', 0))}"
+        f"added {entry.name}: {meta.get('architecture')} {meta.get('quantization')}, {human_bytes(meta.get('size_bytes', 0))}"
     )
 
 
@@ -127,12 +119,12 @@ def models_pull(
         hf_logging.set_verbosity(verbosity)
     entry, meta = pulled.entry, pulled.entry.meta or {}
     how = (
-        f"resumed at {_human(pulled.resumed_from)}" if pulled.resumed_from
+        f"resumed at {human_bytes(pulled.resumed_from)}" if pulled.resumed_from
         else "downloaded" if pulled.downloaded else "already here"
     )  # fmt: skip
     typer.echo(
         f"pulled {entry.name}: {meta.get('architecture')} {meta.get('quantization')}, "
-        f"{_human(meta.get('size_bytes', 0))} ({how}, sha256 checked)"
+        f"{human_bytes(meta.get('size_bytes', 0))} ({how}, sha256 checked)"
     )
 
 
@@ -186,9 +178,9 @@ def models_quantize(
         n = int(p.header.metadata.get(f"{p.header.architecture}.block_count", 0))
         blocks = f", {n - len(p.prune_layers)} of {n} blocks"
     typer.echo(
-        f"{p.operation} {p.source.name} ({p.header.quantization}, {_human(p.header.file_size)})"
+        f"{p.operation} {p.source.name} ({p.header.quantization}, {human_bytes(p.header.file_size)})"
         f" -> {done.entry.name} ({meta.get('quantization')}, "
-        f"{_human(meta.get('size_bytes', 0))}{blocks}) in {done.seconds:.1f} s"
+        f"{human_bytes(meta.get('size_bytes', 0))}{blocks}) in {done.seconds:.1f} s"
     )
 
 
@@ -237,7 +229,7 @@ def models_info(name: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
         return
     for k, v in info.items():
         if k == "size_bytes":
-            v = f"{v} ({_human(v)})"
+            v = f"{v} ({human_bytes(v)})"
         elif k == "parameters":
             v = f"{v:,}"
         elif k == "lineage" and isinstance(v, dict):

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmos.core.units import human_bytes
+
 SNIFF_BYTES = 8192
 SKIPPED_LISTED = 1000  # skipped files named in a mount's result; the counts are always whole
 DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -169,7 +171,9 @@ def scan(
             if not stat.S_ISREG(info.st_mode):
                 continue  # a socket, a fifo: nothing to read
             if max_bytes and info.st_size > max_bytes:
-                detail = f"{_size(info.st_size)} > mount_max_file_bytes {_size(max_bytes)}"
+                detail = (
+                    f"{human_bytes(info.st_size)} > mount_max_file_bytes {human_bytes(max_bytes)}"
+                )
                 skipped.append(Skip(rel, "too large", detail))
                 continue
             keep.append((path, rel))
@@ -258,10 +262,3 @@ def skipped_lines(stats: dict[str, Any], limit: int | None = None) -> list[str]:
     if more > 0:
         out.append(f"  ... and {more} more")
     return out
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"

@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from llmos.core.units import human_bytes
 from llmos.errors import HubError, LlmosError, NotEnoughSpace
 
 if TYPE_CHECKING:
@@ -341,8 +342,8 @@ def _fetch(
         keep = True
         got = partial.stat().st_size
         raise HubError(
-            f"the download of {meta.name} from {where} stopped at {_human(got)}"
-            f"{' of ' + _human(size) if size else ''} ({_first_line(exc)}); "
+            f"the download of {meta.name} from {where} stopped at {human_bytes(got)}"
+            f"{' of ' + human_bytes(size) if size else ''} ({_first_line(exc)}); "
             "run the same command again to resume"
         ) from None
     except OSError as exc:
@@ -390,8 +391,8 @@ def _check_space(folder: Path, need: int, what: str) -> None:
     free = shutil.disk_usage(folder).free
     if need > free:
         raise NotEnoughSpace(
-            f"not enough disk space for {what}: it needs {_human(need)} more and "
-            f"{folder} has {_human(free)} free"
+            f"not enough disk space for {what}: it needs {human_bytes(need)} more and "
+            f"{folder} has {human_bytes(free)} free"
         )
 
 
@@ -422,12 +423,3 @@ def _hash_into(h: Any, path: Path) -> str:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc.lower()
-
-
-def _human(n: int | None) -> str:
-    size = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
