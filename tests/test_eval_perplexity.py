@@ -217,3 +217,26 @@ def test_bad_inputs_are_one_line(tmp_path: Path, real_model_path: Path) -> None:
     )
     with EvalStore.open(tmp_path / "d") as store:  # nothing was stored by failed runs
         assert store.last(5) == []
+
+
+def test_perplexities_compare_only_over_one_text_and_context(tmp_path: Path) -> None:
+    """The rule `eval compare` and `eval.compare` share: perplexity runs compare when they
+    scored the same text at the same context; other kinds of run don't enter into it."""
+    from llmos.ops.evalstore import EvalRun, comparable
+
+    def run(kind: str, sha: str, ctx: int | None) -> EvalRun:
+        settings = {"ctx": ctx} if ctx is not None else {"set": "arithmetic"}
+        return EvalRun(kind, "m", "m.gguf", "f", sha, settings, {})
+
+    same = [run("perplexity", "aa", 512), run("perplexity", "aa", 512)]
+    assert comparable(same) and comparable([]) and comparable(same[:1])
+    assert comparable([*same, run("tasks", "bb", None)])
+    assert not comparable([*same, run("perplexity", "aa", 256)])
+    assert not comparable([*same, run("perplexity", "cc", 512)])
+    f = tmp_path / "t.txt"
+    f.write_text("some text\n")
+    import hashlib
+
+    from llmos.ops.evalstore import file_sha256
+
+    assert file_sha256(f) == hashlib.sha256(b"some text\n").hexdigest()

@@ -228,6 +228,8 @@ def eval_compare(
     from rich.console import Console
     from rich.table import Table
 
+    from llmos.ops.evalstore import comparable
+
     # Few columns, so the table reads at 80 columns; --json has everything.
     kinds = len({r.kind for r in runs}) > 1
     lineage = any(_origin(r) for r in runs)
@@ -258,8 +260,7 @@ def eval_compare(
         ]
         table.add_row(*row)
     Console().print(table)
-    texts = {(r.file_sha256, r.settings.get("ctx")) for r in runs if r.kind == "perplexity"}
-    if len(texts) > 1:  # perplexities over different texts or contexts do not compare
+    if not comparable(runs):
         typer.echo("note: these runs scored different files or contexts; compare like with like")
 
 

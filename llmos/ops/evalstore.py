@@ -14,6 +14,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,14 @@ class EvalRun:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def comparable(runs: Sequence[EvalRun]) -> bool:
+    """Whether the perplexities among `runs` compare: all scored one text at one context."""
+    texts = {(r.file_sha256, r.settings.get("ctx")) for r in runs if r.kind == "perplexity"}
+    return len(texts) <= 1
 
 
 class EvalStore:

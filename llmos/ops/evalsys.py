@@ -22,7 +22,7 @@ from pydantic import Field
 from llmos.core.context import Context, KernelServices
 from llmos.core.syscall import syscall
 from llmos.errors import BadArguments, UserError
-from llmos.ops.evalstore import EvalStore
+from llmos.ops.evalstore import EvalStore, comparable
 from llmos.ops.perplexity import evaluate_file, in_worker
 from llmos.ops.taskeval import run_tasks, shipped_sets
 
@@ -134,8 +134,7 @@ async def eval_compare(
             runs = store.get(ids)
     except UserError as exc:
         raise _bad("eval.compare", exc) from None
-    texts = {(r.file_sha256, r.settings.get("ctx")) for r in runs if r.kind == "perplexity"}
-    return {"runs": [r.as_dict() for r in runs], "comparable": len(texts) <= 1}
+    return {"runs": [r.as_dict() for r in runs], "comparable": comparable(runs)}
 
 
 @syscall("eval.run", capability="eval")

@@ -404,20 +404,18 @@ def _verified(path: Path, meta: HubFile) -> bool:
     if meta.sha256 is not None:
         return _sha256(path) == meta.sha256.lower()
     if meta.blob_id is not None:  # git's own id for a file kept in git rather than LFS
-        h = hashlib.sha1(f"blob {size}\0".encode())
-        return _hash_into(h, path) == meta.blob_id.lower()
+        blob = hashlib.sha1(f"blob {size}\0".encode())
+        return _digest(path, lambda: blob) == meta.blob_id.lower()
     return False
 
 
 def _sha256(path: Path) -> str:
-    return _hash_into(hashlib.sha256(), path)
+    return _digest(path, "sha256")
 
 
-def _hash_into(h: Any, path: Path) -> str:
+def _digest(path: Path, digest: Any) -> str:
     with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return str(h.hexdigest())
+        return hashlib.file_digest(fh, digest).hexdigest()
 
 
 def _origin(url: str) -> tuple[str, str]:
