@@ -162,10 +162,10 @@ def hash_embedder() -> HashEmbedder:
     return HashEmbedder()  # stateless: one serves every test, module-scoped servers too
 
 
-def one_line_error(result: Any) -> str:
-    """A CLI result that failed as every bad input must: exit code 2 and one `error:` line,
-    no traceback. Returns that line."""
-    assert result.exit_code == 2, result.output
+def one_line_error(result: Any, code: int = 2) -> str:
+    """A CLI result that failed as every bad input must: exit code 2 (or `code`) and one
+    `error:` line, no traceback. Returns that line."""
+    assert result.exit_code == code, result.output
     out = str(result.output).strip()
     assert "Traceback" not in out, out
     assert out.count("\n") == 0 and out.startswith("error: "), out

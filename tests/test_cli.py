@@ -12,36 +12,28 @@ import pytest
 from typer.testing import CliRunner
 
 from llmos.cli import app
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _one_line_error(result: object, code: int = 2) -> str:
-    assert result.exit_code == code, result.output  # type: ignore[attr-defined]
-    out = result.output.strip()  # type: ignore[attr-defined]
-    assert "Traceback" not in out
-    assert out.count("\n") == 0, out
-    assert out.startswith("error: ")
-    return out
-
-
 def test_models_add_missing_file(tmp_path: Path) -> None:
-    out = _one_line_error(runner.invoke(app, ["models", "add", str(tmp_path / "none.gguf")]))
+    out = one_line_error(runner.invoke(app, ["models", "add", str(tmp_path / "none.gguf")]))
     assert "no such file" in out
 
 
 def test_models_add_non_gguf(tmp_path: Path) -> None:
     p = tmp_path / "notes.gguf"
     p.write_text("hello")
-    assert "not a GGUF" in _one_line_error(runner.invoke(app, ["models", "add", str(p)]))
+    assert "not a GGUF" in one_line_error(runner.invoke(app, ["models", "add", str(p)]))
 
 
 def test_models_add_truncated(tmp_path: Path, real_model_path: Path) -> None:
     p = tmp_path / "half.gguf"
     with real_model_path.open("rb") as src:
         p.write_bytes(src.read(20 << 20))
-    assert "truncated" in _one_line_error(runner.invoke(app, ["models", "add", str(p)]))
+    assert "truncated" in one_line_error(runner.invoke(app, ["models", "add", str(p)]))
 
 
 def test_models_add_list_info_remove(tmp_path: Path, real_model_path: Path) -> None:
@@ -55,12 +47,12 @@ def test_models_add_list_info_remove(tmp_path: Path, real_model_path: Path) -> N
     r = runner.invoke(app, ["models", "info", "mine", "--json"])
     assert json.loads(r.output)["quantization"] == "Q4_1"
     assert runner.invoke(app, ["models", "remove", "mine"]).exit_code == 0
-    _one_line_error(runner.invoke(app, ["models", "info", "mine"]))
-    _one_line_error(runner.invoke(app, ["models", "remove", "mine"]))
+    one_line_error(runner.invoke(app, ["models", "info", "mine"]))
+    one_line_error(runner.invoke(app, ["models", "remove", "mine"]))
 
 
 def test_models_add_bad_name(real_model_path: Path) -> None:
-    out = _one_line_error(
+    out = one_line_error(
         runner.invoke(app, ["models", "add", str(real_model_path), "--name", "../x"])
     )
     assert "invalid model name" in out
@@ -105,13 +97,13 @@ def test_doctor_checks_the_configured_default_model(
 
 
 def test_run_missing_program(tmp_path: Path) -> None:
-    _one_line_error(runner.invoke(app, ["run", str(tmp_path / "nope.py")]))
+    one_line_error(runner.invoke(app, ["run", str(tmp_path / "nope.py")]))
 
 
 def test_run_program_without_main(tmp_path: Path) -> None:
     p = tmp_path / "prog.py"
     p.write_text("x = 1\n")
-    assert "async def main" in _one_line_error(runner.invoke(app, ["run", str(p)]))
+    assert "async def main" in one_line_error(runner.invoke(app, ["run", str(p)]))
 
 
 def _llmos(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from llmos.cli import app
 from llmos.tools.sandbox import namespaces_available
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,14 +39,6 @@ def _prog(tmp_path: Path, text: str, name: str = "prog.py") -> Path:
     return p
 
 
-def _one_line_error(result: object) -> str:
-    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
-    out = result.output.strip()  # type: ignore[attr-defined]
-    assert "Traceback" not in out and out.count("\n") == 0, out
-    assert out.startswith("error: ")
-    return out
-
-
 def test_approve_deny_and_allow(tmp_path: Path) -> None:
     p = _prog(tmp_path, CALC)
     r = runner.invoke(app, ["run", str(p)])
@@ -65,10 +58,10 @@ def test_ask_without_a_terminal_denies_and_says_how_to_allow(tmp_path: Path) -> 
 
 def test_bad_approve_values_are_one_line(tmp_path: Path) -> None:
     p = _prog(tmp_path, CALC)
-    out = _one_line_error(runner.invoke(app, ["run", str(p), "--approve", "calc=maybe"]))
+    out = one_line_error(runner.invoke(app, ["run", str(p), "--approve", "calc=maybe"]))
     assert "NAME=allow" in out
-    _one_line_error(runner.invoke(app, ["run", str(p), "--approve", "calc"]))
-    out = _one_line_error(runner.invoke(app, ["run", str(p), "--approve", "no.such=allow"]))
+    one_line_error(runner.invoke(app, ["run", str(p), "--approve", "calc"]))
+    out = one_line_error(runner.invoke(app, ["run", str(p), "--approve", "no.such=allow"]))
     assert "no.such" in out and "no such syscall" in out
 
 
@@ -88,7 +81,7 @@ def test_cap_grants_a_capability(tmp_path: Path) -> None:
     assert r.exit_code == 3 and "permission_denied" in r.output, r.output
     r = runner.invoke(app, ["run", str(p), "--cap", "ipc"])
     assert r.exit_code == 0 and "got {'hi': 1}" in r.output, r.output
-    _one_line_error(runner.invoke(app, ["run", str(p), "--cap", ""]))
+    one_line_error(runner.invoke(app, ["run", str(p), "--cap", ""]))
 
 
 @pytest.mark.skipif(not namespaces_available(), reason="needs unprivileged user namespaces")

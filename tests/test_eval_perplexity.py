@@ -22,6 +22,7 @@ from llmos.ops.perplexity import (
     shipped_text,
     summarize,
 )
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 CTX = 128
@@ -188,31 +189,26 @@ def test_compare_lists_runs_side_by_side(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _one_line_error(args: list[str]) -> str:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
-    out = res.output.strip()
-    assert "Traceback" not in out and out.count("\n") == 0, out
-    assert out.startswith("error: ")
-    return out
+def perplexity_error(args: list[str]) -> str:
+    return one_line_error(runner.invoke(app, args))
 
 
 def test_bad_inputs_are_one_line(tmp_path: Path, real_model_path: Path) -> None:
     model = str(real_model_path)
-    assert "no such file" in _one_line_error(
+    assert "no such file" in perplexity_error(
         ["eval", "perplexity", model, str(tmp_path / "none.txt")]
     )
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    assert "is empty" in _one_line_error(["eval", "perplexity", model, str(empty)])
+    assert "is empty" in perplexity_error(["eval", "perplexity", model, str(empty)])
     short = tmp_path / "short.txt"
     short.write_text("Too short for a chunk.")
-    out = _one_line_error(["eval", "perplexity", model, str(short), "--ctx", str(CTX)])
+    out = perplexity_error(["eval", "perplexity", model, str(short), "--ctx", str(CTX)])
     assert "one chunk needs 128" in out
-    assert "unknown model 'no-such-model'" in _one_line_error(
+    assert "unknown model 'no-such-model'" in perplexity_error(
         ["eval", "perplexity", "no-such-model", str(short)]
     )
-    assert "--batch 200" in _one_line_error(
+    assert "--batch 200" in perplexity_error(
         ["eval", "perplexity", model, str(short), "--ctx", str(CTX), "--batch", "200"]
     )
     with EvalStore.open(tmp_path / "d") as store:  # nothing was stored by failed runs
@@ -240,3 +236,22 @@ def test_perplexities_compare_only_over_one_text_and_context(tmp_path: Path) -> 
     from llmos.ops.evalstore import file_sha256
 
     assert file_sha256(f) == hashlib.sha256(b"some text\n").hexdigest()
+
+
+def test_plot_bad_inputs_are_one_line(tmp_path: Path) -> None:
+    """No perplexity run to draw, or a PNG that can't be written: one line, exit 2, no file."""
+    from llmos.config import load_settings
+
+    out = tmp_path / "plot.png"
+    assert "no perplexity runs to plot" in one_line_error(
+        runner.invoke(app, ["eval", "plot", str(out)])
+    )
+    assert not out.exists()
+    with EvalStore.open(load_settings().data_dir) as store:
+        store.add(
+            EvalRun("perplexity", "m", "/m/m.gguf", "t.txt", "ab" * 32, {"ctx": 512},
+                    {"ppl": 20.0, "ppl_error": 0.5}, size_bytes=1)
+        )  # fmt: skip
+    nowhere = tmp_path / "no-such-dir" / "plot.png"
+    assert "cannot write" in one_line_error(runner.invoke(app, ["eval", "plot", str(nowhere)]))
+    assert not nowhere.exists()
