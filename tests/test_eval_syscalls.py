@@ -1,10 +1,12 @@
 """The `eval.*` syscalls and `/v1/eval/*`: capability `eval`, typed errors, the same
-perplexity as `llmos.ops.perplexity`, and a long run that is a process (in `ps`, ended by
-KILL within a chunk, its model closed)."""
+perplexity as `llmos.ops.perplexity`, a long run that is a process (in `ps`, ended by KILL
+within a chunk, its model closed), and retrieval over the memory FS from a memory-FS file."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -43,6 +45,20 @@ async def _call(k: Kernel, name: str, args: dict[str, Any], caps: list[str]) -> 
     return p.result
 
 
+# Three files and three questions whose hash-embedder ranking is known (as in
+# test_eval_tasks.py): with k=2, recall (1, 1, 0.5) and reciprocal rank (1, 0.5, 0.5).
+RAG_DOCS = {"a.md": "alpha beta gamma", "b.md": "delta epsilon zeta", "c.md": "eta theta iota"}
+
+
+def _rag_questions(docs: str) -> str:
+    rows = [
+        {"question": "alpha beta gamma", "sources": [f"{docs}/a.md"], "references": ["Biscuit"]},
+        {"question": "delta epsilon zeta eta", "sources": f"{docs}/c.md"},
+        {"question": "alpha beta delta", "sources": [f"{docs}/b.md", f"{docs}/c.md"]},
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def _store(data_dir: Path, *ppls: float) -> list[int]:
     with EvalStore.open(data_dir) as store:
         return [
@@ -63,7 +79,7 @@ def _store(data_dir: Path, *ppls: float) -> list[int]:
 
 async def test_eval_needs_its_capability(scripted_kernel: Kernel) -> None:
     k = scripted_kernel
-    for name in ("eval.perplexity", "eval.run", "eval.runs", "eval.compare"):
+    for name in ("eval.perplexity", "eval.run", "eval.rag", "eval.runs", "eval.compare"):
         assert k.syscalls.get(name).capability == "eval"
     denied = await _call(k, "eval.runs", {}, ["llm.*", "proc.*", "fs.*"])
     assert denied[0] == "permission_denied"
@@ -92,6 +108,58 @@ async def test_bad_arguments_are_typed(scripted_kernel: Kernel) -> None:
         kind, message = await _call(k, name, args, ["eval"])
         assert kind == "bad_arguments" and says in message, (name, args, message)
         assert "\n" not in message
+
+
+async def test_rag_bad_input_is_typed(scripted_kernel: Kernel) -> None:
+    k = scripted_kernel
+    k.memory.write("/home/evals/bad.jsonl", '{"question": "where?"}\n')
+    k.memory.write("/home/evals/rag.jsonl", _rag_questions("/home/docs"))
+    cases = [
+        # a memory-FS path: the host's /etc/passwd is not read
+        ({"questions": "/etc/passwd"}, "eval.rag: questions: /etc/passwd: no such file"),
+        ({"questions": "/srv/q.jsonl"}, "outside the namespace"),
+        ({"questions": "/home/evals"}, "is a directory"),
+        ({"questions": "/home/evals/bad.jsonl"}, "/home/evals/bad.jsonl:1: sources must be"),
+        ({"questions": "/home/evals/rag.jsonl", "k": 0}, "k"),
+        ({"questions": "/home/evals/rag.jsonl", "model": "nope"}, "unknown model 'nope'"),
+    ]
+    for args, says in cases:
+        kind, message = await _call(k, "eval.rag", args, ["eval"])
+        assert kind == "bad_arguments" and says in message, (args, message)
+        assert "\n" not in message
+    # questions that parse, over a scope with nothing in it: said, not scored as zeros
+    kind, message = await _call(
+        k, "eval.rag", {"questions": "/home/evals/rag.jsonl", "scope": "/mnt"}, ["eval"]
+    )
+    assert (kind, message) == ("nothing_indexed", "nothing indexed under /mnt")
+    with EvalStore.open(k.settings.data_dir) as store:
+        assert store.last(5) == []
+
+
+async def test_rag_through_the_syscall_on_the_real_model(
+    settings: Any, real_model_path: Path, hash_embedder: Any
+) -> None:
+    text = _rag_questions("/home/docs")
+    async with Kernel(settings, embedder=hash_embedder) as k:
+        for name, content in RAG_DOCS.items():
+            k.memory.write(f"/home/docs/{name}", content)
+        questions = "/home/evals/rag.jsonl"  # outside the scope: not itself retrieved
+        k.memory.write(questions, text)
+        args = {"questions": questions, "scope": "/home/docs", "k": 2, "max_tokens": 8}
+        got = await _call(k, "eval.rag", args, ["eval"])
+        assert isinstance(got, dict), got
+        runs = await _call(k, "eval.runs", {}, ["eval"])
+    assert [(i["recall"], i["rr"]) for i in got["items"]] == [(1.0, 1.0), (1.0, 0.5), (0.5, 0.5)]
+    sc = got["scores"]
+    assert sc["recall@2"] == pytest.approx(2.5 / 3) and sc["mrr"] == pytest.approx(2 / 3)
+    assert sc["n"] == 3 and sc["answered"] == 1 and sc["errors"] == 0  # the real model answered
+    assert isinstance(got["items"][0]["answer"], str) and "answer" not in got["items"][1]
+    (run,) = runs
+    assert run["id"] == got["run"]["id"] and run["kind"] == "rag"
+    assert run["model"] == settings.default_model and run["file"] == "/home/evals/rag.jsonl"
+    assert run["file_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert run["settings"]["scope"] == "/home/docs" and run["settings"]["k"] == 2
+    assert run["settings"]["embedder"] == hash_embedder.name
 
 
 async def test_a_shipped_task_set_runs_through_the_syscall(scripted_kernel: Kernel) -> None:
@@ -203,3 +271,34 @@ def test_rest_perplexity_runs_the_real_model(tmp_path: Path, real_model_path: Pa
             short = c.post("/v1/eval/perplexity", json={"text": "Too short.", "ctx": CTX})
             assert short.status_code == 400
             assert "one chunk needs 128" in short.json()["error"]["message"]
+
+
+def test_rest_rag_scores_stores_and_maps_errors(tmp_path: Path, hash_embedder: Any) -> None:
+    with serve_scripted(tmp_path, embedder=hash_embedder) as (url, _app):
+        with httpx.Client(base_url=url, timeout=120) as c:
+            files = {f"/home/api/docs/{n}": t for n, t in RAG_DOCS.items()}
+            files["/home/evals/rag.jsonl"] = _rag_questions("/home/api/docs")
+            for path, content in files.items():
+                r = c.put("/v1/fs/write", json={"path": path, "content": content})
+                assert r.status_code == 200, r.text
+            body = {"questions": "/home/evals/rag.jsonl", "scope": "/home/api/docs", "k": 2}
+            res = c.post("/v1/eval/rag", json=body)
+            assert res.status_code == 200, res.text
+            out = res.json()
+            assert out["scores"]["mrr"] == pytest.approx(2 / 3)
+            assert out["scores"]["answered"] == 1 and out["scores"]["errors"] == 0
+            assert out["run"]["file"] == "/home/evals/rag.jsonl"
+            runs = c.get("/v1/eval/runs").json()["data"]
+            assert [r["id"] for r in runs] == [out["run"]["id"]] and runs[0]["kind"] == "rag"
+            missing = c.post("/v1/eval/rag", json={"questions": "/home/evals/none.jsonl"})
+            assert missing.status_code == 400 and missing.json()["error"]["code"] == "bad_arguments"
+            assert "no such file" in missing.json()["error"]["message"]
+            empty = c.post("/v1/eval/rag", json={**body, "scope": "/mnt"})
+            assert empty.status_code == 400 and empty.json()["error"]["code"] == "nothing_indexed"
+            bad_k = c.post("/v1/eval/rag", json={**body, "k": 0})
+            assert bad_k.status_code == 400 and bad_k.json()["error"]["param"] == "k"
+            unknown = c.post("/v1/eval/rag", json={**body, "model": "nope"})
+            assert unknown.status_code == 404
+            assert unknown.json()["error"]["code"] == "model_not_found"
+            procs = c.get("/v1/processes").json()["data"]
+            assert any(p["name"] == "api:eval.rag" for p in procs)

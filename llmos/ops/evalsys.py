@@ -1,5 +1,6 @@
-"""The `eval.*` syscalls (capability `eval`): perplexity, shipped task sets, the stored runs
-and their comparison, for agents, the REST API and the CLI alike.
+"""The `eval.*` syscalls (capability `eval`): perplexity, shipped task sets, retrieval over
+the memory FS, the stored runs and their comparison, for agents, the REST API and the CLI
+alike.
 
 A provider in the ops layer, loaded by name through the kernel's registry like any other
 (the kernel never imports it). The scoring runs on a worker thread inside the calling
@@ -22,9 +23,10 @@ from pydantic import Field
 from llmos.core.context import Context, KernelServices
 from llmos.core.syscall import syscall
 from llmos.errors import BadArguments, UserError
+from llmos.memory.paths import normalize
 from llmos.ops.evalstore import EvalStore, comparable
 from llmos.ops.perplexity import evaluate_file, in_worker
-from llmos.ops.taskeval import run_tasks, shipped_sets
+from llmos.ops.taskeval import rag_eval, run_tasks, shipped_sets
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -171,3 +173,39 @@ async def eval_run(
         raise _bad("eval.run", exc) from None
     finally:
         progress.end(pid)
+
+
+@syscall("eval.rag", capability="eval")
+async def eval_rag(
+    caller: Context,
+    questions: str,
+    scope: str = "/",
+    k: Annotated[int, Field(ge=1, le=100)] = 4,
+    model: str | None = None,
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 128,
+    concurrency: Annotated[int, Field(ge=1, le=256)] | None = None,
+) -> dict[str, Any]:
+    """Retrieval over the memory FS under `scope` against `questions`, a JSONL file on the
+    memory FS (question, sources, optional references): recall@k and MRR, and `qa.ask`'s
+    answers by `model` (default: the kernel's) scored against the references; stores the
+    run. It reads, searches and answers as root of the memory FS, as `llmos eval rag` does."""
+    kernel = cast("Kernel", caller.kernel)
+    try:
+        # a memory-FS path, never a host one: a caller points the kernel at no host file
+        path = normalize(questions)
+        text = kernel.memory.read(path)
+    except BadArguments as exc:  # a bad or missing path, a directory: the caller's input
+        raise BadArguments(f"eval.rag: questions: {exc}") from None
+    try:
+        return await rag_eval(
+            kernel,
+            path,
+            scope,
+            k=k,
+            model=model,
+            max_tokens=max_tokens,
+            concurrency=concurrency,
+            text=text,
+        )
+    except UserError as exc:  # a malformed line, an unknown model (NothingIndexed passes)
+        raise _bad("eval.rag", exc) from None

@@ -20,6 +20,7 @@ scoring, so `import llmos` stays light.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import statistics
 import time
@@ -80,17 +81,19 @@ def resolve_tasks(name_or_path: str | Path) -> tuple[Path, str]:
     )
 
 
-def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _lines(path: Path, text: str | None = None) -> list[tuple[int, dict[str, Any]]]:
     """The JSON objects of a JSONL file with their line numbers, the header line left out;
-    malformed JSON or a line that is not an object names its line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    malformed JSON or a line that is not an object names its line. `text`: the file's
+    content, read elsewhere (the memory FS, for `eval.rag`); `path` then only names it."""
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"no such file: {path}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
     out: list[tuple[int, dict[str, Any]]] = []
     for n, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
@@ -153,11 +156,11 @@ def load_tasks(path: Path) -> list[Task]:
     return tasks
 
 
-def load_questions(path: Path) -> list[Question]:
+def load_questions(path: Path, text: str | None = None) -> list[Question]:
     """The questions of an `eval rag` file: `question`, `sources` (memory-FS paths the
-    answer should be retrieved from), optional `references` (answers)."""
+    answer should be retrieved from), optional `references` (answers). `text`: as `_lines`."""
     out = []
-    for n, obj in _lines(path):
+    for n, obj in _lines(path, text):
         q = obj.get("question")
         if not (isinstance(q, str) and q.strip()):
             raise UserError(f"{path}:{n}: missing question (a non-empty string)")
@@ -425,10 +428,13 @@ async def rag_eval(
     max_tokens: int = 128,
     concurrency: int | None = None,
     store: bool = True,
+    text: str | None = None,
 ) -> dict[str, Any]:
     """Retrieval recall@k and MRR of the memory FS over `scope` against each question's
     expected sources, and, for questions with references, `qa.ask`'s answers scored as
-    `run_tasks` scores outputs.
+    `run_tasks` scores outputs. `text`: the questions file's content when it was read
+    elsewhere (`eval.rag` reads it from the memory FS); `questions_path` then names it and
+    the run hashes the text as the UTF-8 bytes of a file holding it.
 
     Retrieval is the search `qa.ask` makes (`MemoryFS.search(question, scope, k)`, as
     root): its `k` chunks, best first, give a ranking of paths (a path's first chunk
@@ -438,7 +444,8 @@ async def rag_eval(
     if not 1 <= k <= 100:
         raise UserError(f"--k must be between 1 and 100, not {k}")
     path = Path(questions_path)
-    questions = load_questions(path)  # a missing file is one line
+    questions = load_questions(path, text)  # a missing file is one line
+    sha = file_sha256(path) if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
     answering = [q for q in questions if q.references]
     name, entry = _model_entry(kernel, model) if answering else (model, None)
     scope = normalize(scope)
@@ -493,7 +500,7 @@ async def rag_eval(
         model_path=str(entry.path) if entry is not None else "",
         lineage=_lineage(entry) if entry is not None else None,
         file=str(questions_path),
-        file_sha256=file_sha256(path),
+        file_sha256=sha,
         settings={
             "scope": scope,
             "k": k,

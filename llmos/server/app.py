@@ -10,7 +10,7 @@ Where each job lives:
     generation.py     the one admit → generate → stream-or-settle path chat and completions share
     streaming.py      the SSE transport (sse-starlette) and noticing a client that leaves
     native_routes.py  processes, syscalls, model load/unload, the memory filesystem
-    eval_routes.py    /v1/eval/*: perplexity, stored runs, comparison (the eval.* syscalls)
+    eval_routes.py    /v1/eval/*: perplexity, task sets, retrieval, stored runs, comparison
     metrics.py        /metrics (prometheus_client, a registry per app) and /health
     security.py       the guard: bind rules, bearer auth, body limit, request counts
 """

@@ -1,10 +1,10 @@
 """The evaluation routes: `/v1/eval/*` over the `eval.*` syscalls (perplexity, a shipped
-task set, the stored runs, a comparison).
+task set, retrieval over the memory FS, the stored runs, a comparison).
 
 Each request is the syscall in a short process of its own (`api:eval.perplexity`, ...), with
 capability `eval` only, so a long perplexity shows in `GET /v1/processes` and stops with
 `POST /v1/processes/{pid}/signal` like any other process. A client names a catalog model,
-never a file, and sends the text itself.
+never a file on the daemon's machine: it sends the text itself, or names a memory-FS file.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ class TaskRunRequest(BaseModel):
     concurrency: int | None = Field(None, ge=1, le=256, description="prompts at once")
 
 
+class RagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    questions: str = Field(
+        description="a JSONL file on the memory FS: question, sources, references (optional)"
+    )
+    scope: str = Field("/", description="the memory-FS folder searched")
+    k: int = Field(4, ge=1, le=100, description="chunks retrieved per question")
+    model: str | None = Field(None, description="the model answering (default: the daemon's)")
+    max_tokens: int = Field(128, ge=1, le=4096, description="tokens per answer")
+    concurrency: int | None = Field(None, ge=1, le=256, description="questions at once")
+
+
 class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +70,14 @@ def router(api: Api) -> APIRouter:
         args = body.model_dump()
         args["model"] = api.model_name(body.model)
         result: dict[str, Any] = await api.syscall("eval.run", args)
+        return result
+
+    @r.post("/v1/eval/rag", tags=["eval"])
+    async def rag(body: RagRequest) -> dict[str, Any]:
+        args = body.model_dump()
+        if body.model is not None:  # none needed when no question has references
+            args["model"] = api.model_name(body.model)
+        result: dict[str, Any] = await api.syscall("eval.rag", args)
         return result
 
     @r.get("/v1/eval/runs", tags=["eval"])
