@@ -48,16 +48,20 @@ def solved(result: dict[str, Any] | None, want: int) -> bool:
     return str(want) in str((result or {}).get("answer"))
 
 
-async def run(batch: list[tuple[str, int]], constrained: bool) -> tuple[int, float]:
+async def run(
+    batch: list[tuple[str, int]], constrained: bool, model: str | None = None
+) -> tuple[int, float]:
     from llmos.agents.react import react_program
-    from llmos.config import Settings
+    from llmos.config import load_settings
     from llmos.kernel.kernel import Kernel
 
     with tempfile.TemporaryDirectory() as tmp:
-        async with Kernel(Settings(data_dir=Path(tmp))) as k:
+        # a model of the catalog (an adapter) needs the user's data dir; else a fresh one
+        settings = load_settings() if model else load_settings(data_dir=Path(tmp))
+        async with Kernel(settings) as k:
             t0 = time.perf_counter()
             procs = [
-                await k.spawn(react_program, task, ["calc"], 6, 0, True, constrained)
+                await k.spawn(react_program, task, ["calc"], 6, 0, True, constrained, model=model)
                 for task, _ in batch
             ]
             for p in procs:
@@ -72,12 +76,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--model", default=None, help="a catalog model or BASE+ADAPTER (default: the default model)"
+    )
     a = ap.parse_args()
     batch = tasks(a.tasks, a.seed)
-    ok, dt = asyncio.run(run(batch, constrained=True))
-    base, bdt = asyncio.run(run(batch, constrained=False))
+    ok, dt = asyncio.run(run(batch, constrained=True, model=a.model))
+    base, bdt = asyncio.run(run(batch, constrained=False, model=a.model))
     n = len(batch)
-    print(f"{n} arithmetic tasks, default model, temperature 0, tools=[calc]")
+    print(f"{n} arithmetic tasks, model {a.model or 'default'}, temperature 0, tools=[calc]")
     print(f"llmos ReAct, grammar-constrained : {ok}/{n} solved ({ok / n:.0%}) in {dt:.1f} s")
     print(f"same agent, no grammar (baseline): {base}/{n} solved ({base / n:.0%}) in {bdt:.1f} s")
     ratio = f"{ok / base:.2f}x" if base else "baseline solved none"

@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     prefix_min_tokens: int = Field(
         32, ge=1, description="shortest shared prompt prefix worth reusing"
     )
+    speculation: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="draft tokens from the sequence's own context and verify them in one batch "
+        "(same output): auto = for prompts of spec_min_prompt_tokens or more; a call may say",
+    )
+    spec_min_prompt_tokens: int = Field(
+        256, ge=1, description="prompt length from which speculation is on under auto"
+    )
+    spec_max_draft: int = Field(8, ge=1, le=64, description="most tokens drafted per step")
+    spec_batch_tokens: int = Field(
+        32, ge=1, description="a step's tokens up to which drafts may be added (decodes first)"
+    )
     max_tokens_default: int = Field(
         512, ge=1, description="max new tokens when a request names none"
     )

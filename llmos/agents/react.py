@@ -205,7 +205,7 @@ async def react_program(
         parsed = state.parse(reply.text)
         if isinstance(parsed, Action) and parsed.name == FINISH:
             ctx.print(f"[answer] {parsed.answer}")
-            return {"answer": parsed.answer, "steps": state.steps}
+            return {"answer": parsed.answer, "steps": state.steps, "messages": state.messages}
         if isinstance(parsed, Action):
             try:
                 result = await ctx.call(parsed.name, parsed.args)
@@ -218,5 +218,10 @@ async def react_program(
         else:
             ctx.print(state.observe(None, parsed))
     ctx.print(f"[gave up after {max_steps} steps]")
-    ctx.process.result = {"answer": None, "steps": state.steps, "error": "step limit"}
+    ctx.process.result = {
+        "answer": None,
+        "steps": state.steps,
+        "messages": state.messages,
+        "error": "step limit",
+    }
     raise SystemExit(3)

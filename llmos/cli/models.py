@@ -184,6 +184,198 @@ def models_quantize(
     )
 
 
+@models_app.command("finetune")
+def models_finetune(
+    base: Annotated[str, typer.Argument(help="the base model (a catalog name or a .gguf path)")],
+    data: Annotated[Path, typer.Argument(help="JSONL: chat messages, or prompt/completion")],
+    name: Annotated[str, typer.Option("--name", help="the adapter's name in the catalog")],
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank")] = 8,
+    alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha (scale = alpha/rank)")] = 16.0,
+    epochs: Annotated[int, typer.Option("--epochs")] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="learning rate (AdamW, cosine decay)")] = 1e-3,
+    batch: Annotated[int, typer.Option("--batch", help="examples per optimizer step")] = 4,
+    held_out: Annotated[float, typer.Option("--held-out", help="fraction held out for the loss report")] = 0.1,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="longest example, in tokens (default: the engine's)")] = None,
+    truncate: Annotated[bool, typer.Option("--truncate", help="cut examples over --ctx instead of failing")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an adapter of that name")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last epoch's checkpoint")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    merge: Annotated[str | None, typer.Option("--merge", help="also write a full model of this type with the adapter merged in")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:  # fmt: skip
+    """Train a LoRA adapter for BASE on DATA and add it to the catalog.
+
+    The loss covers the answer tokens only (assistant turns; `"weight": 0` leaves one out).
+    Training runs in a worker process as a kernel process (`ps` shows its step and loss),
+    checkpoints every epoch (--resume continues) and draws its loss curve beside the
+    adapter. Run the result with `llmos run --model BASE+NAME` or model=BASE+NAME."""
+    from llmos.cli.common import run_async
+    from llmos.cli.progress import Reporter
+    from llmos.kernel.kernel import Kernel
+    from llmos.ops.finetune import finetune_program
+
+    labels = {"tokenize": ("tokenizing", "examples"), "train": ("training", "steps")}
+    reporter = Reporter.for_flag(progress, labels)
+    box: dict[str, Any] = {}
+
+    def on_event(ev: dict[str, Any]) -> None:
+        kind = ev["event"]
+        if kind == "tokenize":
+            reporter.update("tokenize", ev["done"], ev["total"])
+        elif kind == "step":
+            reporter.update("train", ev["step"], ev["steps"])
+        elif kind == "epoch" and not as_json:
+            held = ev.get("held_out_loss")
+            extra = f", held-out loss {held:.4f}" if held is not None else ""
+            typer.echo(f"epoch {ev['epoch']}: train loss {ev['train_loss']:.4f}{extra}", err=True)
+
+    opts = {
+        "rank": rank, "alpha": alpha, "epochs": epochs, "lr": lr, "batch": batch,
+        "held_out": held_out, "seed": seed, "n_ctx": ctx, "truncate": truncate,
+        "force": force, "resume": resume, "on_event": on_event, "box": box,
+    }  # fmt: skip
+
+    async def go() -> Any:
+        async with Kernel(settings()) as k:
+            proc = await k.spawn(
+                finetune_program, base, str(data), name, opts, name="finetune", caps=()
+            )
+            await k.wait(proc.pid)
+            return proc
+
+    try:
+        with reporter:
+            proc = run_async(go())
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    if "error" in box:
+        raise fail(str(box["error"]))
+    if proc.exit_code != 0:
+        raise fail(f"fine-tuning failed: {proc.message or proc.exit_reason}")
+    out = proc.result
+    if merge:
+        _merge(out["adapter"], merge, None, force, progress)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    held = out.get("held_out_loss")
+    typer.echo(
+        f"adapter {out['adapter']} for {out['base']}: rank {out['rank']}, "
+        f"{out['train_examples']} examples, train loss {out['train_loss']:.4f}"
+        + (f", held-out loss {held:.4f}" if held is not None else "")
+        + f", {out['tokens_per_s']} tok/s, {out['seconds']:.0f} s\n"
+        f"loss curve: {out['plot']}\nrun it as model={out['base']}+{out['adapter']}"
+    )
+
+
+@models_app.command("distill")
+def models_distill(
+    prompts: Annotated[Path, typer.Argument(help="JSONL: messages or prompt per line (optional json_schema/grammar)")],
+    teacher: Annotated[str, typer.Option("--teacher", help="the model that answers")],
+    student: Annotated[str, typer.Option("--student", help="the model to adapt")],
+    name: Annotated[str, typer.Option("--name", help="the adapter's name in the catalog")],
+    json_schema: Annotated[Path | None, typer.Option("--json-schema", help="a JSON schema file the teacher answers under")] = None,
+    grammar: Annotated[Path | None, typer.Option("--grammar", help="a GBNF grammar file the teacher answers under")] = None,
+    held_out: Annotated[float, typer.Option("--held-out", help="fraction of prompts kept to measure agreement")] = 0.2,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="most tokens per answer")] = 256,
+    epochs: Annotated[int, typer.Option("--epochs")] = 2,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    rank: Annotated[int, typer.Option("--rank")] = 8,
+    force: Annotated[bool, typer.Option("--force", help="replace an adapter of that name")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:  # fmt: skip
+    """Fine-tune STUDENT on TEACHER's answers to PROMPTS; report their agreement on held-out
+    prompts before and after (exact match, ROUGE-L). The teacher may be the student itself
+    under a constraint (--json-schema, --grammar, or per line)."""
+    from llmos.cli.common import run_async
+    from llmos.cli.progress import Reporter
+    from llmos.kernel.kernel import Kernel
+    from llmos.ops.distill import distill
+    from llmos.ops.finetune import Hyper
+
+    labels = {
+        "teacher": ("teacher answering", "prompts"), "before": ("student before", "prompts"),
+        "tokenize": ("tokenizing", "examples"), "train": ("training", "steps"),
+        "after": ("student after", "prompts"),
+    }  # fmt: skip
+    reporter = Reporter.for_flag(progress, labels)
+
+    def on_event(ev: dict[str, Any]) -> None:
+        kind = ev["event"]
+        if kind in ("teacher", "before", "after", "tokenize"):
+            reporter.update(kind, ev["done"], ev["total"])
+        elif kind == "step":
+            reporter.update("train", ev["step"], ev["steps"])
+
+    try:
+        schema = json.loads(json_schema.read_text()) if json_schema else None
+        gbnf = grammar.read_text() if grammar else None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise fail(f"could not read the constraint: {exc}") from None
+    hyper = Hyper(rank=rank, epochs=epochs, lr=lr, held_out=0.0)
+
+    async def go() -> dict[str, Any]:
+        async with Kernel(settings()) as k:
+            return await distill(
+                k, teacher, student, prompts, name=name, schema=schema, grammar=gbnf,
+                held_out=held_out, max_tokens=max_tokens, hyper=hyper, force=force,
+                on_event=on_event,
+            )  # fmt: skip
+
+    try:
+        with reporter:
+            out = run_async(go())
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    b, a = out["before"], out["after"]
+    typer.echo(
+        f"adapter {out['adapter']} for {out['base']}, taught by {out['teacher']} on "
+        f"{out['train_prompts']} prompts\n"
+        f"agreement on {out['held_out_prompts']} held-out prompts: exact match "
+        f"{b['exact_match']:.0%} -> {a['exact_match']:.0%}, ROUGE-L {b['rougeL']:.3f} -> "
+        f"{a['rougeL']:.3f}\nrun it as model={out['base']}+{out['adapter']}"
+    )
+
+
+@models_app.command("merge")
+def models_merge(
+    adapter: Annotated[str, typer.Argument(help="an adapter, or BASE+ADAPTER")],
+    type_name: Annotated[str, typer.Option("--type", "-t", help="the output's type: Q8_0, Q4_K_M, F16, ...")] = "Q8_0",
+    name: Annotated[str | None, typer.Option("--name", help="name in the catalog")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a model of that name")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+) -> None:  # fmt: skip
+    """Fold a LoRA adapter into its base: a full model of --type, added with its lineage."""
+    _merge(adapter, type_name, name, force, progress)
+
+
+def _merge(
+    adapter: str, type_name: str, name: str | None, force: bool, progress: bool | None
+) -> None:
+    from llmos.cli.progress import Reporter
+    from llmos.ops.merge import merge
+
+    labels = {"merge": ("merging", "tensors"), "quantize": ("quantizing", "tensors")}
+    reporter = Reporter.for_flag(progress, labels)
+    try:
+        with reporter:
+            done = merge(
+                _library(), adapter, type_name, name=name, force=force, progress=reporter.update
+            )
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    meta = done.entry.meta or {}
+    typer.echo(
+        f"merged {adapter} -> {done.entry.name} ({meta.get('quantization')}, "
+        f"{human_bytes(meta.get('size_bytes', 0))}) in {done.seconds:.1f} s"
+    )
+
+
 def _lineage_text(lineage: dict[str, Any]) -> str:
     """One line for `models info`: "quantize of PARENT (Q4_1): type=Q8_0, ..."."""
 

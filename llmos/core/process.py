@@ -162,6 +162,9 @@ class Process:
     log_path: Path | None = None  # the full log on disk (stdout's ring buffer is bounded)
     terminating: bool = False  # sent TERM: the program should clean up and return
     term_reason: str | None = None
+    # what a long job is doing, set by the program (a training's epoch, step, loss, tok/s):
+    # `ps` shows it; its `tok_s`, if any, stands in for a generation's
+    status: dict[str, Any] | None = None
     _runnable: asyncio.Event = field(default_factory=asyncio.Event)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -205,7 +208,7 @@ class Process:
             "model": self.model or self.last_model,  # what it asked for, else what it used
             "parent": self.parent,
             "tokens": self.tokens + sum(s.generated for s in live),
-            "tok_s": first.tokens_per_s if first else None,
+            "tok_s": first.tokens_per_s if first else (self.status or {}).get("tok_s"),
             "wait_s": first.queue_wait if first else None,
             "ttft_s": first.ttft if first else None,
             "swaps": sum(s.swaps for s in self.gen_stats) + sum(s.swaps for s in live),
@@ -216,6 +219,7 @@ class Process:
             "exit_code": self.exit_code,
             "exit_reason": self.exit_reason,
             "message": self.message,
+            "status": self.status,
             "started": self.started,
             "ended": self.ended,
         }

@@ -28,6 +28,9 @@ class SamplingParams:
     json_schema: dict[str, Any] | None = field(default=None, hash=False)
     logit_bias: dict[int, float] | None = field(default=None, hash=False)
     ignore_eos: bool = False  # never end early: for fixed-length work such as benchmarks
+    # draft from the sequence's own context (prompt lookup) and verify in one batch: the
+    # output is unchanged; None: the engine decides (on for long prompts, `speculation`)
+    speculate: bool | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

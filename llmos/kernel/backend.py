@@ -22,6 +22,9 @@ class BatchEntry:
     tokens: list[int]
     pos: int
     logits: bool  # whether the last token's logits are needed (to sample)
+    # drafted tokens at the end of `tokens` (speculation): logits are then needed for the
+    # last `draft + 1` positions, and decode returns the batch index of the first of them
+    draft: int = 0
 
 
 class DecodeNoSpace(Exception):
@@ -55,12 +58,18 @@ class Backend(Protocol):
 
     def decode(self, entries: list[BatchEntry]) -> list[int]:
         """Evaluate all entries in one batch; return the batch index of each entry's
-        last token where logits were asked for, else -1. Raise DecodeNoSpace when the KV
+        last token where logits were asked for (with a draft: of the first of its last
+        `draft + 1` tokens, whose logits follow at consecutive indices), else -1. Raise DecodeNoSpace when the KV
         cache is full (the cache is unchanged then)."""
         ...
 
     def sample(self, sampler: Any, index: int) -> int:
         """Sample (and accept) the next token from the logits at batch `index`."""
+        ...
+
+    def set_adapter(self, path: str | None) -> None:
+        """Apply the LoRA adapter at `path` (None: none) to every following batch; the
+        backend loads an adapter on first use and keeps it. A bad file raises ModelError."""
         ...
 
     def seq_rm(self, slot: int, p0: int = -1, p1: int = -1) -> None: ...

@@ -57,6 +57,8 @@ class SeqStats:
     generated: int = 0
     swaps: int = 0
     prefilled: int = 0  # prompt tokens this sequence had evaluated (decoded in a batch)
+    drafted: int = 0  # speculation: tokens drafted from the context and verified
+    accepted: int = 0  # ... and of those, the ones the model agreed with
 
     @property
     def recomputed(self) -> int:
@@ -95,6 +97,8 @@ class SeqStats:
             "swaps": self.swaps,
             "recomputed": self.recomputed,
             "turnaround": self.turnaround,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
         }
 
 
@@ -124,6 +128,7 @@ class Sequence:
     nice: int
     sink: Sink
     owner: int | None = None
+    adapter: str | None = None  # the LoRA adapter's path; a batch holds one adapter set
     tokens: list[int] = field(default_factory=list)  # positions 0..n_past-1 are in the KV
     n_past: int = 0
     pending: int | None = None  # sampled, not yet evaluated
@@ -140,6 +145,12 @@ class Sequence:
     emitted: int = 0
     decoder: Any = None
     stats: SeqStats = field(default_factory=SeqStats)
+    # speculation from the context (prompt lookup): on or off for this sequence, the draft
+    # length it has earned, and an index of its n-grams (n-gram -> where it last ended)
+    spec: bool = False
+    spec_len: int = 0
+    ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
+    indexed: int = 0  # n-grams ending before this token index are in `ngrams`
 
     @property
     def resident(self) -> bool:
@@ -158,6 +169,8 @@ class EngineStats:
     swaps_out: int = 0
     swaps_in: int = 0
     prefix_hits: int = 0
+    drafted: int = 0
+    accepted: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
@@ -170,6 +183,8 @@ class EngineStats:
             "swaps_out": self.swaps_out,
             "swaps_in": self.swaps_in,
             "prefix_hits": self.prefix_hits,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
         }
 
 
@@ -238,6 +253,11 @@ class EngineCore:
         seq_ctx_max: int | None = None,
         prefix_min_tokens: int = 32,
         max_tokens_default: int = 512,
+        speculation: str = "auto",
+        spec_min_prompt: int = 256,
+        spec_max_draft: int = 8,
+        spec_batch_tokens: int = 32,
+        spec_ngram: int = 3,
         coalesce_s: float = 0.003,
         burst_gap_s: float = 0.001,
         clock: Clock = time.monotonic,
@@ -250,6 +270,11 @@ class EngineCore:
         self.seq_ctx_max = min(seq_ctx_max or backend.n_ctx, self.kv_budget, backend.n_ctx_seq)
         self.prefix_min = prefix_min_tokens
         self.max_tokens_default = max_tokens_default
+        self.speculation = speculation  # "auto" (long prompts), "on" or "off", unless a call says
+        self.spec_min_prompt = spec_min_prompt
+        self.spec_max_draft = spec_max_draft
+        self.spec_batch_tokens = spec_batch_tokens
+        self.spec_ngram = spec_ngram
         self.coalesce_s = coalesce_s
         self.burst_gap_s = burst_gap_s
         self.clock = clock
@@ -257,6 +282,9 @@ class EngineCore:
         self.seqs: dict[int, Sequence] = {}
         self.slots: list[Sequence | None] = [None] * backend.n_slots
         self.cached: dict[int, list[int]] = {}  # free slot -> tokens still in its KV
+        self.cached_adapter: dict[int, str | None] = {}  # ... and the adapter they were made with
+        self.adapter: str | None = None  # the adapter set on the backend
+        self._served: dict[str | None, int] = {}  # adapter group -> step it last ran
         self._ids = itertools.count(1)
         self._rr = itertools.count(1)
         self._commands: deque[Callable[[], None]] = deque()
@@ -281,8 +309,10 @@ class EngineCore:
         sink: Sink,
         nice: int = 0,
         owner: int | None = None,
+        adapter: str | None = None,
     ) -> Sequence:
-        """Queue a generation; raise ContextOverflow now if it can never fit."""
+        """Queue a generation; raise ContextOverflow now if it can never fit. `adapter`
+        (a LoRA GGUF's path) applies to this sequence alone."""
         params = params or SamplingParams()
         tokens = self.backend.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
@@ -303,9 +333,12 @@ class EngineCore:
         seq = Sequence(
             id=next(self._ids), prompt=tokens, params=params, max_new=max_new,
             nice=nice, sink=sink, owner=owner, tokens=list(tokens), sampler=sampler,
+            adapter=adapter,
         )  # fmt: skip
         seq.stats.submitted = self.clock()
         seq.stats.prompt_tokens = len(tokens)
+        seq.spec = self._speculates(params, len(tokens))
+        seq.spec_len = self.spec_max_draft // 2
         seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._command(lambda: self._add(seq))
         return seq
@@ -317,10 +350,11 @@ class EngineCore:
         *,
         nice: int = 0,
         owner: int | None = None,
+        adapter: str | None = None,
     ) -> Generation:
         """Submit from asyncio code; iterate the result for streamed text."""
         sink = _AsyncSink(asyncio.get_running_loop())
-        seq = self.submit(prompt, params, sink=sink, nice=nice, owner=owner)
+        seq = self.submit(prompt, params, sink=sink, nice=nice, owner=owner, adapter=adapter)
         return Generation(self, seq, sink)
 
     def kill(self, seq_id: int) -> None:
@@ -435,6 +469,7 @@ class EngineCore:
             return 0
         while True:
             try:
+                self._use_adapter(seqs[0].adapter)
                 indices = self.backend.decode(entries)
                 break
             except DecodeNoSpace:
@@ -454,6 +489,9 @@ class EngineCore:
         for entry, seq, idx in zip(entries, seqs, indices, strict=True):
             k = len(entry.tokens)
             n += k
+            if entry.draft:
+                self._verify(seq, entry, idx)
+                continue
             seq.n_past += k
             if seq.state is SeqState.DECODE:
                 self.stats.tokens_decoded += k
@@ -531,6 +569,7 @@ class EngineCore:
         return None
 
     def _drop_cache(self, slot: int) -> None:
+        self.cached_adapter.pop(slot, None)
         if self.cached.pop(slot, None) is not None:
             self.backend.seq_rm(slot, -1, -1)
 
@@ -542,6 +581,7 @@ class EngineCore:
             if donor_slot is not None and donor_slot in self.cached:
                 slot = donor_slot  # take over a cached slot: keep its first lcp cells
                 self.cached.pop(slot)
+                self.cached_adapter.pop(slot, None)
                 self.backend.seq_rm(slot, lcp, -1)
             else:
                 got = self._free_slot()
@@ -637,12 +677,14 @@ class EngineCore:
     def _best_prefix(self, seq: Sequence) -> tuple[int | None, int]:
         limit = len(seq.prompt) - 1  # at least one prompt token is evaluated for logits
         best: tuple[int | None, int] = (None, 0)
-        for slot, res in enumerate(self.slots):
-            if res is not None and res.n_past:
+        for slot, res in enumerate(self.slots):  # KV made under one adapter serves only it
+            if res is not None and res.n_past and res.adapter == seq.adapter:
                 n = self._lcp(seq.prompt, res.tokens, min(limit, res.n_past))
                 if n > best[1]:
                     best = (slot, n)
         for slot, toks in self.cached.items():
+            if self.cached_adapter.get(slot) != seq.adapter:
+                continue
             n = self._lcp(seq.prompt, toks, limit)
             if n > best[1] or (n == best[1] and n and best[0] not in self.cached):
                 best = (slot, n)
@@ -651,25 +693,67 @@ class EngineCore:
     def _defer_for_prefix(self, seq: Sequence) -> bool:
         """Wait for a resident still prefilling a prefix we share, rather than evaluate it twice."""
         for res in self.slots:
-            if res is not None and res.state is SeqState.PREFILL:
+            if res is not None and res.state is SeqState.PREFILL and res.adapter == seq.adapter:
                 n = self._lcp(seq.prompt, res.prompt, len(seq.prompt) - 1)
                 if n >= self.prefix_min and res.n_past < n:
                     return True
         return False
+
+    def _group(self) -> tuple[bool, str | None]:
+        """The adapter set this step runs: llama.cpp applies a context's adapters to every
+        token of a batch, so a batch holds one set. With residents in several sets, the
+        one that ran longest ago goes (round robin; the best priority breaks a tie), so
+        every set advances; within it, sequences keep their order by priority."""
+        now = self.clock()
+        groups: dict[str | None, Any] = {}
+        for s in self.slots:
+            if s is None or s.paused or s.state not in (SeqState.DECODE, SeqState.PREFILL):
+                continue
+            key = self.policy.key(s, now)
+            if s.adapter not in groups or key < groups[s.adapter]:
+                groups[s.adapter] = key
+        if len(groups) <= 1:
+            return False, None
+        pick = min(groups, key=lambda a: (self._served.get(a, -1), groups[a]))
+        self._served[pick] = self.stats.steps
+        return True, pick
+
+    def _use_adapter(self, adapter: str | None) -> None:
+        if adapter != self.adapter:
+            self.backend.set_adapter(adapter)
+            self.adapter = adapter
 
     def _build_batch(self) -> tuple[list[BatchEntry], list[Sequence]]:
         entries: list[BatchEntry] = []
         seqs: list[Sequence] = []
         budget = self.n_batch
         used = self.kv_used()
+        split, group = self._group()
         for seq in self.slots:
             if seq is None or seq.paused or seq.state is not SeqState.DECODE:
+                continue
+            if split and seq.adapter != group:
                 continue
             assert seq.pending is not None and seq.slot is not None
             entries.append(BatchEntry(seq.slot, [seq.pending], seq.n_past, True))
             seqs.append(seq)
             budget -= 1
             used += 1
+        # Drafts ride in the tokens the batch can take without slowing anyone: up to
+        # `spec_batch_tokens` in all, the decoding sequences' own tokens counted first.
+        spare = min(budget, self.spec_batch_tokens - len(entries), self.kv_budget - used)
+        for entry, seq in zip(entries, seqs, strict=True):
+            if spare <= 0:
+                break
+            if not seq.spec:
+                continue
+            draft = self._draft(seq, min(spare, seq.spec_len))
+            if draft:
+                entry.tokens.extend(draft)
+                entry.draft = len(draft)
+                spare -= len(draft)
+                budget -= len(draft)
+                used += len(draft)
         now = self.clock()
         prefilling = sorted(
             (
@@ -682,6 +766,8 @@ class EngineCore:
         for seq in prefilling:
             if budget <= 0:
                 break
+            if split and seq.adapter != group:
+                continue
             assert seq.slot is not None
             left = len(seq.prompt) - seq.n_past
             n = min(left, self.prefill_chunk, budget, max(0, self.kv_budget - used))
@@ -693,6 +779,74 @@ class EngineCore:
             budget -= n
             used += n
         return entries, seqs
+
+    # -- speculation from the context --------------------------------------------------
+    def _speculates(self, params: SamplingParams, prompt_len: int) -> bool:
+        if params.speculate is not None:
+            return params.speculate
+        if self.speculation == "auto":
+            return prompt_len >= self.spec_min_prompt
+        return self.speculation == "on"
+
+    def _draft(self, seq: Sequence, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the
+        sequence's last `spec_ngram` tokens (its pending token included), from its prompt
+        and output alike: the tokens a copy would continue with."""
+        n = self.spec_ngram
+        toks = seq.tokens
+        end = len(toks) - 1  # index n-grams ending before the last token: not the key itself
+        grams = seq.ngrams
+        for i in range(max(seq.indexed, n), end + 1):
+            grams[tuple(toks[i - n : i])] = i
+        seq.indexed = max(seq.indexed, end + 1)
+        # no drafting past the answer's end or the context: those tokens would be wasted
+        limit = min(limit, seq.max_new - seq.stats.generated - 1, self.seq_ctx_max - seq.n_past - 2)
+        if len(toks) <= n or limit <= 0:
+            return []
+        at = grams.get(tuple(toks[-n:]))
+        return [] if at is None else toks[at : at + limit]
+
+    def _verify(self, seq: Sequence, entry: BatchEntry, idx: int) -> None:
+        """Sample the batch's positions in order, keeping each draft token the sample
+        agrees with; the first disagreement is the next token, as plain decoding would
+        have sampled it. For a drafted token d this is the standard acceptance rule: the
+        sampled token is d with the model's probability of d, else a token drawn from the
+        rest of its distribution, so the output is distributed as without speculation
+        (and at temperature 0 it is the same text). Rejected drafts leave the KV."""
+        draft = entry.tokens[1:]
+        slot = seq.slot
+        assert slot is not None
+        seq.n_past += 1  # the pending token
+        seq.pending = None
+        self.stats.tokens_decoded += 1
+        accepted = 0
+        for i in range(len(draft) + 1):
+            token = self.backend.sample(seq.sampler, idx + i)
+            agrees = i < len(draft) and token == draft[i]
+            if agrees:  # its KV, evaluated in this batch, is right: it is no longer pending
+                accepted += 1
+            self._on_token(seq, token)
+            if seq.state is SeqState.DONE:
+                break
+            if not agrees:
+                break
+            seq.n_past += 1
+            seq.pending = None
+            self.stats.tokens_decoded += 1
+        seq.stats.drafted += len(draft)
+        seq.stats.accepted += accepted
+        self.stats.drafted += len(draft)
+        self.stats.accepted += accepted
+        if seq.slot is not None or slot in self.cached:  # the rejected drafts' cells go
+            self.backend.seq_rm(slot, seq.n_past, -1)
+        # the draft length follows what is accepted; a sequence whose drafts keep failing
+        # stops drafting (a verify that keeps nothing costs a slower step)
+        if accepted == len(draft):
+            seq.spec_len = min(self.spec_max_draft, seq.spec_len + 2)
+        else:
+            seq.spec_len = max(1, accepted + 1)
+        if seq.stats.drafted >= 32 and seq.stats.accepted < 0.25 * seq.stats.drafted:
+            seq.spec = False
 
     # -- tokens out ---------------------------------------------------------------------
     def _on_token(self, seq: Sequence, token: int) -> None:
@@ -781,6 +935,7 @@ class EngineCore:
             seq.slot = None
             if keep and seq.n_past >= self.prefix_min:  # keep its KV as a prefix cache
                 self.cached[slot] = seq.tokens[: seq.n_past]
+                self.cached_adapter[slot] = seq.adapter
             else:
                 self.backend.seq_rm(slot, -1, -1)
         if seq.sampler is not None:

@@ -142,6 +142,27 @@ class GGUFInfo:
         }
 
 
+def adapter_summary(info: GGUFInfo) -> dict[str, Any]:
+    """What a LoRA adapter GGUF says about itself (architecture, alpha, rank, tensors and
+    llmos's own `llmos.*` keys); a file that is not one is an `InvalidModelFile`."""
+    md = info.metadata
+    if md.get("general.type") != "adapter" or md.get("adapter.type") != "lora":
+        raise InvalidModelFile(
+            f"{info.path}: not a LoRA adapter (general.type={md.get('general.type')!r})"
+        )
+    # lora_a is (in, rank) in GGUF's order of dimensions
+    ranks = {t.shape[1] for t in info.tensors if t.name.endswith(".lora_a") and len(t.shape) == 2}
+    return {
+        "kind": "lora",
+        "architecture": info.architecture,
+        "alpha": float(md.get("adapter.lora.alpha", 0.0)),
+        "rank": min(ranks) if ranks else 0,
+        "tensors": len(info.tensors),
+        "size_bytes": info.file_size,
+        **{k.removeprefix("llmos."): v for k, v in md.items() if k.startswith("llmos.")},
+    }
+
+
 class _Reader:
     def __init__(self, fh: BinaryIO, path: Path, size: int) -> None:
         self.fh = fh

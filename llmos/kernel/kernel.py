@@ -30,7 +30,7 @@ from llmos.errors import NoSuchProcess, UserError
 from llmos.kernel import registry
 from llmos.kernel.chat import Message, choose_format, render_chat, resolve_format
 from llmos.kernel.engine import EngineCore, Generation
-from llmos.kernel.models import ModelLibrary, ModelManager
+from llmos.kernel.models import ModelEntry, ModelLibrary, ModelManager
 from llmos.kernel.proctable import ProcTable
 from llmos.kernel.services import Services
 from llmos.memory.fs import MemoryFS
@@ -428,12 +428,20 @@ class Kernel:
         """The engine of a model, loading it in a worker thread if needed.
 
         `progress(fraction)` is called from the loading thread while weights load."""
-        name = model or self.settings.default_model
+        name, _ = self.split_model(model)
         lm = self.models.loaded.get(name)
         if lm is not None:
             lm.last_used = time.monotonic()
             return lm.engine
         return await asyncio.to_thread(self.models.get, name, progress=progress)
+
+    def split_model(self, model: str | None) -> tuple[str, ModelEntry | None]:
+        """A model id as (the model whose engine runs it, the LoRA adapter to apply):
+        `base+adapter`, an adapter's own name, or a plain model (no adapter)."""
+        name = model or self.settings.default_model
+        if name in self.models.loaded:
+            return name, None
+        return self.library.resolve(name)
 
     async def render_chat(
         self, messages: list[Message], model: str | None = None, *, chat_format: str | None = None
@@ -442,6 +450,19 @@ class Kernel:
         format is given (per call, or per model in the `chat_formats` setting); a GGUF
         without a template uses its family's well-known format where there is one."""
         engine = await self.engine(model)
+        text, add_special = self.chat_text(engine, messages, chat_format=chat_format)
+        return engine.backend.tokenize(text, add_special=add_special)
+
+    def chat_text(
+        self,
+        engine: EngineCore,
+        messages: list[Message],
+        *,
+        chat_format: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> tuple[str, bool]:
+        """A conversation as `engine`'s model reads it: the text, and whether tokenizing it
+        adds the special tokens (False when the template wrote BOS itself)."""
         backend = engine.backend
         special = backend.special_tokens()
         gguf_template = backend.chat_template()
@@ -452,10 +473,12 @@ class Kernel:
             architecture=backend.architecture(),
         )
         template = resolve_format(fmt.spec) if fmt.spec else gguf_template
-        text = render_chat(messages, template, special=special, model=engine.name)
+        text = render_chat(
+            messages, template, special=special, model=engine.name,
+            add_generation_prompt=add_generation_prompt,
+        )  # fmt: skip
         bos = special.get("bos_token")
-        add_special = not (bos and text.startswith(bos))  # the template wrote BOS itself
-        return backend.tokenize(text, add_special=add_special)
+        return text, not (bos and text.startswith(bos))
 
     async def generate(
         self,
@@ -467,9 +490,13 @@ class Kernel:
         stream: bool = True,
     ) -> Generation:
         """Generate for a process on the shared engine, streaming to its stdout."""
-        engine = await self.engine(model or proc.model)
-        proc.last_model = engine.name
-        gen = engine.generate(prompt, params, nice=proc.nice, owner=proc.pid)
+        base, adapter = self.split_model(model or proc.model)
+        engine = await self.engine(base)
+        proc.last_model = f"{engine.name}+{adapter.name}" if adapter else engine.name
+        gen = engine.generate(
+            prompt, params, nice=proc.nice, owner=proc.pid,
+            adapter=str(adapter.path) if adapter else None,
+        )  # fmt: skip
         key = (engine, gen.id)
         proc.generations.add(key)
         if not proc._runnable.is_set():

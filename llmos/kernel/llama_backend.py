@@ -280,6 +280,7 @@ class LlamaBackend:
         self._eog: dict[int, bool] = {}
         self._eog_all: list[int] | None = None
         self._samplers: set[int] = set()
+        self._adapters: dict[str, Any] = {}  # path -> llama_adapter_lora (freed with the model)
         self._closed = False
         self.size_bytes = int(L.llama_model_size(model))
         self.n_params = int(L.llama_model_n_params(model))
@@ -420,7 +421,11 @@ class LlamaBackend:
                 logits[k] = 0
                 p += 1
                 k += 1
-            if e.logits:
+            if e.draft:
+                for i in range(k - 1 - e.draft, k):
+                    logits[i] = 1
+                out.append(k - 1 - e.draft)
+            elif e.logits:
                 logits[k - 1] = 1
                 out.append(k - 1)
             else:
@@ -437,6 +442,26 @@ class LlamaBackend:
 
     def sample(self, sampler: Any, index: int) -> int:
         return int(self._L.llama_sampler_sample(sampler, self._ctx, index))
+
+    # -- adapters ---------------------------------------------------------------------
+    def set_adapter(self, path: str | None) -> None:
+        L = self._L
+        if path is None:
+            L.llama_set_adapters_lora(self._ctx, None, 0, None)
+            return
+        handle = self._adapters.get(path)
+        if handle is None:
+            handle = L.llama_adapter_lora_init(self._model, str(path).encode())
+            if not handle:
+                raise ModelError(
+                    f"llama.cpp could not load the adapter {path} for {self.name} (a LoRA GGUF "
+                    "made for this model's architecture and shapes is needed)"
+                )
+            self._adapters[path] = handle
+        arr = (L.llama_adapter_lora_p_ctypes * 1)(handle)
+        scale = (ctypes.c_float * 1)(1.0)
+        if L.llama_set_adapters_lora(self._ctx, arr, 1, scale) != 0:
+            raise ModelError(f"llama.cpp could not apply the adapter {path}")
 
     # -- sequence state ---------------------------------------------------------------
     def seq_rm(self, slot: int, p0: int = -1, p1: int = -1) -> None:

@@ -23,7 +23,7 @@ from llmos.config import Settings
 from llmos.errors import ModelError, ModelNotFound, UserError
 from llmos.kernel.chat import ChatFormat, choose_format
 from llmos.kernel.engine import EngineCore
-from llmos.kernel.gguf import GGUFInfo, read_gguf
+from llmos.kernel.gguf import GGUFInfo, adapter_summary, read_gguf
 from llmos.kernel.llama_backend import LlamaBackend  # llama_cpp itself loads on first use
 from llmos.kernel.scheduler import Policy
 
@@ -89,6 +89,17 @@ class ModelEntry:
     # where the file came from: {"source": "hub", "repo", "file", "revision", "sha256"} for
     # a pulled model; a derived model names its parent and the operation
     lineage: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        """ "model", or "lora" for an adapter applied over its base model."""
+        return str((self.meta or {}).get("kind", "model"))
+
+    @property
+    def base(self) -> str | None:
+        """An adapter's base model (catalog name)."""
+        value = (self.meta or {}).get("base")
+        return str(value) if value else None
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -193,6 +204,63 @@ class ModelLibrary:
         self._save(data)
         return ModelEntry(name, p.resolve(), meta=meta, lineage=lineage)
 
+    def add_adapter(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        base: str,
+        meta: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelEntry:
+        """Register a LoRA adapter GGUF beside its base model; it runs as `base+name` or
+        by its own name. The header must say it is an adapter for the base's architecture."""
+        p = Path(path).expanduser()
+        summary = adapter_summary(read_gguf(p))
+        base_entry = self.get(base)
+        if base_entry.kind != "model":
+            raise UserError(f"{base!r} is an adapter; an adapter's base must be a model")
+        arch = cached_header(base_entry.path).architecture
+        if summary["architecture"] != arch:
+            raise UserError(
+                f"adapter {p.name} is for {summary['architecture']} models; {base} is {arch}"
+            )
+        name = self.name_for(p, name)
+        data = self._load()
+        full = {**summary, **(meta or {}), "base": base_entry.name}
+        data[name] = {"path": str(p.resolve()), "meta": full}
+        if lineage:
+            data[name]["lineage"] = lineage
+        self._save(data)
+        return ModelEntry(name, p.resolve(), meta=full, lineage=lineage)
+
+    def update_meta(self, name: str, **fields: Any) -> None:
+        """Add figures to an added entry's metadata (a distilled adapter's agreement)."""
+        data = self._load()
+        if name not in data:
+            raise ModelNotFound(f"unknown model {name!r}")
+        data[name]["meta"] = {**(data[name].get("meta") or {}), **fields}
+        self._save(data)
+
+    def resolve(self, name: str) -> tuple[str, ModelEntry | None]:
+        """A model id as the base model's name and the adapter to apply, if any:
+        `base+adapter`, an adapter's own name (its base), or a model as it is."""
+        if "+" in name:
+            base, _, adapter = name.partition("+")
+            entry = self.get(adapter)
+            if entry.kind != "lora":
+                raise UserError(f"{adapter!r} is not an adapter (in {name!r}: base+adapter)")
+            return base, entry
+        if any(c in name for c in "/\\") or name.endswith(".gguf"):
+            return name, None  # a path: a model file, never a catalog adapter
+        rec = self._load().get(name)
+        if rec is not None and (rec.get("meta") or {}).get("kind") == "lora":
+            entry = ModelEntry(name, Path(rec["path"]), meta=rec.get("meta"))
+            if entry.base is None:
+                raise UserError(f"adapter {name!r} names no base model")
+            return entry.base, entry
+        return name, None
+
     def remove(self, name: str) -> None:
         data = self._load()
         if name not in data:
@@ -221,6 +289,14 @@ class ModelLibrary:
 
     def info(self, name: str, configured: dict[str, str] | None = None) -> dict[str, Any]:
         entry = self.get(name)
+        if entry.kind == "lora":  # an adapter: its own header's figures, and its base
+            base = self.get(entry.base or "")
+            fmt = self.chat_format(base, configured)
+            return {
+                "name": entry.name, "path": str(entry.path), "builtin": False,
+                **(entry.meta or {}), "can_chat": fmt.can_chat,
+                "chat_format": fmt.describe(), **({"lineage": entry.lineage} if entry.lineage else {}),
+            }  # fmt: skip
         fmt = self.chat_format(entry, configured)
         out: dict[str, Any] = {
             "name": entry.name,
@@ -318,7 +394,9 @@ class ModelManager:
                 policy=Policy(quantum_tokens=s.quantum_tokens, aging_s=s.aging_s),
                 n_batch=s.n_batch, prefill_chunk=s.prefill_chunk, kv_budget=s.effective_kv_budget,
                 seq_ctx_max=s.seq_ctx_max, prefix_min_tokens=s.prefix_min_tokens,
-                max_tokens_default=s.max_tokens_default,
+                max_tokens_default=s.max_tokens_default, speculation=s.speculation,
+                spec_min_prompt=s.spec_min_prompt_tokens, spec_max_draft=s.spec_max_draft,
+                spec_batch_tokens=s.spec_batch_tokens,
             )  # fmt: skip
             engine.start()
             size = int(

@@ -53,8 +53,10 @@ class ScriptedBackend:
         self.on_decode = on_decode
         self.kv: list[list[int]] = [[] for _ in range(n_slots)]
         self.batches: list[list[tuple[int, int]]] = []  # (slot, n_tokens) per decode call
-        self._last_slots: list[int] = []
-        self._reply_cache: dict[tuple[int, ...], list[int]] = {}
+        self._last_slots: list[tuple[int, int]] = []  # (slot, KV length) per batch index
+        self._reply_cache: dict[tuple[Any, ...], list[int]] = {}
+        self.adapter: str | None = None  # a "LoRA adapter": replies start with "[its stem] "
+        self.adapters_used: list[str | None] = []  # the adapter of each decode call
         self.closed = False
 
     # -- vocabulary -------------------------------------------------------------------
@@ -105,11 +107,14 @@ class ScriptedBackend:
     def _next_token(self, ctx: list[int]) -> int:
         if ASSISTANT in ctx:
             cut = len(ctx) - 1 - ctx[::-1].index(ASSISTANT)
-            key = tuple(ctx[:cut])
+            key = (self.adapter, *ctx[:cut])
             reply = self._reply_cache.get(key)
             if reply is None:
-                conv = bytes(t for t in key if t < 256).decode("utf-8", "replace")
-                reply = [*self.responder(conv).encode(), EOS]
+                conv = bytes(t for t in ctx[:cut] if t < 256).decode("utf-8", "replace")
+                text = self.responder(conv)
+                if self.adapter is not None:
+                    text = f"[{self.adapter.rsplit('/', 1)[-1].removesuffix('.gguf')}] {text}"
+                reply = [*text.encode(), EOS]
                 self._reply_cache[key] = reply
             n = len(ctx) - cut - 1
             return reply[n] if n < len(reply) else EOS
@@ -130,19 +135,25 @@ class ScriptedBackend:
                 raise AssertionError(f"slot {e.slot}: decode at pos {e.pos}, KV has {len(kv)}")
             kv.extend(e.tokens)
             idx += len(e.tokens)
-            out.append(idx - 1 if e.logits else -1)
-            self._last_slots.extend([e.slot] * len(e.tokens))
+            out.append(idx - 1 - e.draft if e.logits or e.draft else -1)
+            # each batch index's logits see the KV up to and including its own token
+            self._last_slots.extend((e.slot, e.pos + i + 1) for i in range(len(e.tokens)))
         self.batches.append([(e.slot, len(e.tokens)) for e in entries])
+        self.adapters_used.append(self.adapter)
         if self.on_decode is not None:
             self.on_decode(entries)
         return out
 
     def sample(self, sampler: Any, index: int) -> int:
-        kv = self.kv[self._last_slots[index]]
+        slot, upto = self._last_slots[index]
+        kv = self.kv[slot][:upto]
         token = self._next_token(kv)
         if token == EOS and getattr(sampler, "ignore_eos", False):  # as a -inf logit bias
             token = ord("a") + len(kv) % 26
         return token
+
+    def set_adapter(self, path: str | None) -> None:
+        self.adapter = path
 
     # -- sequence state ---------------------------------------------------------------
     def seq_rm(self, slot: int, p0: int = -1, p1: int = -1) -> None:

@@ -92,6 +92,9 @@ class KernelLLM(LLM):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             stop=tuple(stop or ()),
+            # answers over retrieved text copy it: draft from the context (same output),
+            # unless the config turned speculation off
+            speculate=None if kernel.settings.speculation == "off" else True,
         )
         gen = await kernel.generate(ctx.process, tokens, params, stream=False)
         await gen.result()

@@ -22,27 +22,23 @@ rounding error is added to rounding error.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
-import json
 import os
 import re
 import secrets
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from llmos.errors import InvalidModelFile, LlmosError, ModelError, NotEnoughSpace, UserError
 from llmos.kernel.gguf import GGML_TYPE_SIZE, GGUFInfo, read_gguf
 from llmos.kernel.llama_backend import quantize_types
 from llmos.kernel.models import ModelEntry, ModelLibrary
+from llmos.ops.worker import Worker
 
 Progress = Callable[[int, int], None]  # (tensors done, tensors in all)
 
@@ -255,7 +251,7 @@ def quantize(
     `nthread` 0 uses every core, as `llama-quantize` does. `warn` hears the requantization
     warning before the work starts. Blocking: an async caller runs it in a thread."""
     started = time.perf_counter()
-    worker = _Worker.start()  # it boots (imports llama.cpp) while the checks run
+    worker = Worker.start("llmos.ops.quantize_worker", "quantize")  # boots while the checks run
     tmp: Path | None = None
     try:
         p = plan(
@@ -280,9 +276,10 @@ def quantize(
                 progress(min(done, total), total)
 
         try:
-            warnings = worker.run(job, report)
+            done = worker.run(job, lambda ev: report(int(ev["done"]), int(ev["total"])))
         except ModelError as exc:
             raise _explain(exc, p) from None
+        warnings = [str(w) for w in done["warnings"]]
         report(total, total)
         os.replace(tmp, p.dest)
         tmp = None
@@ -343,67 +340,6 @@ def _llama_cpp_version() -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB"
-
-
-class _Worker:
-    """The worker process and its event stream (`quantize_worker.py`)."""
-
-    def __init__(self, proc: subprocess.Popen[str], stderr: IO[bytes]) -> None:
-        self.proc = proc
-        self.stderr = stderr
-
-    @classmethod
-    def start(cls) -> _Worker:
-        env = dict(os.environ)
-        # the worker imports llmos from where this process did, installed or not
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        # stderr goes to an unnamed file, read only if the worker dies: a pipe would need
-        # a thread to drain it, and starting one costs more than the file
-        stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmos.ops.quantize_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-            text=True, bufsize=1, env=env,
-        )  # fmt: skip
-        return cls(proc, stderr)
-
-    def run(self, job: dict[str, Any], progress: Progress) -> list[str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(json.dumps(job) + "\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died booting; the exit status below says how
-        for line in self.proc.stdout:
-            event = json.loads(line)
-            if event["event"] == "progress":
-                progress(int(event["done"]), int(event["total"]))
-            elif event["event"] == "done":
-                return [str(w) for w in event["warnings"]]
-            elif event["event"] == "error":
-                raise ModelError(str(event["message"]))
-        rc = self.proc.wait()
-        self.stderr.seek(0)
-        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
-        last = lines[-1].strip() if lines else "no message"
-        raise ModelError(f"the quantize worker died (exit status {rc}): {last}")
-
-    def close(self) -> None:
-        """Stop the worker if it still runs (a failed check, an error, Ctrl-C)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                if self.proc.stdin is not None and not self.proc.stdin.closed:
-                    self.proc.stdin.close()  # a worker still booting then exits by itself
-            try:
-                self.proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdout, self.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 def _explain(exc: ModelError, p: Plan) -> UserError:

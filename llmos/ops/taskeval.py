@@ -246,7 +246,7 @@ async def task_program(
     return {"text": r.text, "tokens": r.tokens, "prompt_tokens": r.prompt_tokens}
 
 
-async def _bounded(
+async def run_bounded(
     kernel: Kernel,
     jobs: Sequence[tuple[Any, tuple[Any, ...], list[str]]],
     *,
@@ -302,8 +302,11 @@ def _last_line(text: str | None) -> str:
 
 
 def _model_entry(kernel: Kernel, model: str | None) -> tuple[str, Any]:
+    """The model id to run and the catalog entry the run is stored under: the model's, or
+    for `BASE+ADAPTER` (or an adapter's name) the adapter's. Unknown: one line."""
     name = model or kernel.settings.default_model
-    return name, kernel.library.get(name)  # an unknown model: ModelNotFound, one line
+    base, adapter = kernel.library.resolve(name)
+    return name, adapter if adapter is not None else kernel.library.get(base)
 
 
 def _lineage(entry: Any) -> dict[str, Any] | None:
@@ -344,7 +347,7 @@ async def run_tasks(
     await kernel.engine(name)  # load before the clock starts: latency is generation's
     jobs = [(task_program, (t, max_tokens, ignore_eos), ["llm.*"]) for t in tasks]
     t0 = time.perf_counter()
-    ran, peak = await _bounded(
+    ran, peak = await run_bounded(
         kernel, jobs, model=name, concurrency=width, name="eval", progress=progress
     )
     wall = time.perf_counter() - t0
@@ -480,7 +483,7 @@ async def rag_eval(
         caps = ["qa.ask", "fs.*"]
         jobs = [(ask_program, (q.question, scope, k, max_tokens), caps) for q in answering]
         t1 = time.perf_counter()
-        ran, _ = await _bounded(kernel, jobs, model=name, concurrency=width, name="eval-rag")
+        ran, _ = await run_bounded(kernel, jobs, model=name, concurrency=width, name="eval-rag")
         answer_s = time.perf_counter() - t1
         outputs = [str(r["result"]["answer"]) if r["result"] else "" for r in ran]
         corpus, per_item = score_outputs(outputs, [q.references for q in answering])

@@ -71,6 +71,12 @@ def router(api: Api) -> APIRouter:
         )
         return proc.info()
 
+    @r.get("/v1/top", tags=["processes"])
+    async def top() -> dict[str, Any]:
+        """Kernel-wide figures, as `llmos top`: processes alive, and per loaded model its
+        slots, KV cells, steps and tokens (speculation's drafted and accepted included)."""
+        return k.top()
+
     @r.get("/v1/processes/{pid}", tags=["processes"])
     async def get_process(pid: int) -> dict[str, Any]:
         return k.get(pid).info()

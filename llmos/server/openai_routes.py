@@ -122,7 +122,9 @@ def router(api: Api) -> APIRouter:
     @r.get("/v1/models/{model_id}")
     async def get_model(model_id: str) -> dict[str, Any]:
         name = api.model_name(model_id)
-        return api.model_card(next(e for e in api.models() if e.name == name))
+        listed = name.partition("+")[2] or name  # BASE+ADAPTER: the adapter's card
+        card = api.model_card(next(e for e in api.models() if e.name == listed))
+        return {**card, "id": name}
 
     @r.post("/v1/chat/completions", response_model=None, responses=STREAMS)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:

@@ -90,8 +90,11 @@ class Api:
     def model_card(self, entry: ModelEntry) -> dict[str, Any]:
         """An OpenAI model object, with llmos's fields beside it (as llama-server's router
         mode adds `status`): whether it is the default, loaded, and can chat."""
-        fmt = self.kernel.library.chat_format(entry, self.settings.chat_formats)
-        loaded = entry.name in self.kernel.models.loaded
+        lib = self.kernel.library
+        base = lib.get(entry.base) if entry.kind == "lora" and entry.base else entry
+        fmt = lib.chat_format(base, self.settings.chat_formats)  # an adapter chats as its base
+        loaded = base.name in self.kernel.models.loaded
+        extra = {"base": base.name, "kind": "lora"} if base is not entry else {}
         return {
             "id": entry.name,
             "object": "model",
@@ -101,10 +104,20 @@ class Api:
             "default": entry.name == self.settings.default_model,
             "can_chat": fmt.can_chat,
             "chat_format": fmt.describe(),
+            **extra,
         }
 
     def model_name(self, name: str | None) -> str:
         name = name or self.settings.default_model
+        if "+" in name:  # BASE+ADAPTER, as Ollama's created models: both must be listed
+            base, _, adapter = name.partition("+")
+            entry = next((e for e in self.models() if e.name == adapter), None)
+            if base in self.model_names() and entry is not None and entry.kind == "lora":
+                return name
+            raise ApiError(
+                404, f"unknown model {name!r} (BASE+ADAPTER needs a model and an adapter)",
+                param="model", code="model_not_found",
+            )  # fmt: skip
         if name not in self.model_names():  # names only: a client never picks a file path
             raise ApiError(404, f"unknown model {name!r}", param="model", code="model_not_found")
         return name

@@ -37,11 +37,12 @@ def _result(gen: Any) -> GenResult:
 def _params(
     temperature: float, max_tokens: int | None, stop: list[str] | None, seed: int | None,
     json_schema: dict[str, Any] | None, grammar: str | None, ignore_eos: bool = False,
+    speculate: bool | None = None,
 ) -> SamplingParams:  # fmt: skip
     try:
         return SamplingParams(
             temperature=temperature, max_tokens=max_tokens, stop=tuple(stop or ()), seed=seed,
-            json_schema=json_schema, grammar=grammar, ignore_eos=ignore_eos,
+            json_schema=json_schema, grammar=grammar, ignore_eos=ignore_eos, speculate=speculate,
         )  # fmt: skip
     except ValueError as exc:
         raise BadArguments(str(exc)) from None
@@ -60,11 +61,14 @@ async def chat(
     grammar: str | None = None,
     stream: bool = True,
     chat_format: str | None = None,
+    speculate: bool | None = None,
 ) -> GenResult:
-    """Chat with a model using its own chat template; tokens stream to the caller's stdout."""
+    """Chat with a model using its own chat template; tokens stream to the caller's stdout.
+    `speculate` drafts from the context and verifies in one batch (same output; None: on
+    for long prompts, per the `speculation` setting)."""
     if not messages:
         raise BadArguments("llm.chat: messages must not be empty")
-    params = _params(temperature, max_tokens, stop, seed, json_schema, grammar)
+    params = _params(temperature, max_tokens, stop, seed, json_schema, grammar, False, speculate)
     prompt = await ctx.kernel.render_chat(
         [m.model_dump() for m in messages], model or ctx.model, chat_format=chat_format
     )
@@ -85,12 +89,16 @@ async def complete(
     grammar: str | None = None,
     stream: bool = True,
     ignore_eos: bool = False,
+    speculate: bool | None = None,
 ) -> GenResult:
     """Continue a raw prompt (no chat template). `ignore_eos` generates exactly
-    `max_tokens` (for benchmarks, as llama-server's option of that name)."""
+    `max_tokens` (for benchmarks, as llama-server's option of that name); `speculate` as
+    in `llm.chat`."""
     if ignore_eos and max_tokens is None:
         raise BadArguments("llm.complete: ignore_eos needs max_tokens")
-    params = _params(temperature, max_tokens, stop, seed, json_schema, grammar, ignore_eos)
+    params = _params(
+        temperature, max_tokens, stop, seed, json_schema, grammar, ignore_eos, speculate
+    )
     gen = await ctx.kernel.generate(ctx.process, prompt, params, model=model, stream=stream)
     return _result(gen)
 
