@@ -28,7 +28,7 @@ def submit(core: EngineCore, prompt: str, adapter: str | None, **kw: Any) -> tup
 
 
 def test_each_sequence_decodes_under_its_own_adapter() -> None:
-    core, clock = make(6, responder=lambda c: "ok")
+    core, clock = make(6, responder=lambda c: "ok", adapter_quantum=1)
     runs = [submit(core, f"q{i}", a) for i, a in enumerate([None, "/a/x.gguf", "/a/y.gguf"] * 2)]
     run(core, clock)
     texts = [out.text for _, out in runs]
@@ -79,3 +79,19 @@ def test_single_set_batches_as_before() -> None:
     decode_batches = [b for b in backend.batches if all(n == 1 for _, n in b)]
     assert max(len(b) for b in decode_batches) == 3  # one set: all in one batch
     assert [o.text for o in outs] == ["[x] ok"] * 3
+
+
+def test_a_set_keeps_the_batch_for_its_quantum_then_yields() -> None:
+    core, clock = make(4, responder=lambda c: "a reply long enough to need many steps, truly")
+    outs = [submit(core, f"q{i}", a)[1] for i, a in enumerate([None, "/m/x.gguf"] * 2)]
+    run(core, clock)
+    assert [o.text.startswith("[x]") for o in outs] == [False, True, False, True]
+    used: list[Any] = core.backend.adapters_used  # type: ignore[attr-defined]
+    streak = [1]
+    for prev, cur in itertools.pairwise(used):
+        streak.append(streak[-1] + 1 if cur == prev else 1)
+    switches = sum(1 for prev, cur in itertools.pairwise(used) if cur != prev)
+    # decode calls in a row under one set: at most its quantum (8) while the other waits,
+    # except the last set's tail once the other has finished
+    tail = len(used) - max(i for i, (p, c) in enumerate(itertools.pairwise(used)) if c != p) - 1
+    assert max(streak[: len(used) - tail]) <= 8 and switches >= 3

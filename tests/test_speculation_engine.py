@@ -95,3 +95,30 @@ def test_no_draft_past_max_tokens() -> None:
     s, o = submit(core, f"Read: {DOC}", True, n=12)
     run(core, clock)
     assert o.done is not None and o.done.reason == "length" and s.stats.generated == 12
+
+
+def test_drafting_stops_where_it_does_not_pay() -> None:
+    """A backend on which every token of a batch costs a full step (a small model with a
+    long context on a CPU): drafting is measured to cost more per output token than plain
+    decoding, and stops (but for rare probes); the text stays the same."""
+    from llmos.kernel.scripted import ScriptedBackend
+
+    class Slow:
+        t = 0.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    timer = Slow()
+    core, clock = make(1, responder=copier, timer=timer, spec_min_prompt=10)
+    backend: Any = core.backend
+    assert isinstance(backend, ScriptedBackend)
+    backend.on_decode = lambda entries: setattr(
+        timer, "t", timer.t + sum(len(e.tokens) for e in entries)
+    )
+    seq, out = submit(core, f"Read: {DOC} Again: {DOC} And: {DOC}", None, n=400)
+    run(core, clock)
+    free, free_out, _ = solo(f"Read: {DOC} Again: {DOC} And: {DOC}", None, spec_min_prompt=10)
+    assert out.text == free_out.text
+    assert core.cost[True] > core.cost[False]
+    assert seq.stats.drafted < free.stats.drafted / 2  # it stopped drafting

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from llmos.core.sampling import SamplingParams
+from llmos.kernel.backend import BatchEntry
 from llmos.kernel.engine import EngineCore
 from llmos.kernel.llama_backend import LlamaBackend
 from llmos.kernel.scheduler import Policy
@@ -31,7 +32,10 @@ COPY = (
 
 @pytest.fixture(scope="module")
 def engine(real_model_path: Path) -> Iterator[EngineCore]:
-    backend = LlamaBackend(real_model_path, n_slots=4, n_ctx=4096, n_batch=256, n_threads=2)
+    # flash attention off: the configuration in which a verify batch rounds as single steps
+    backend = LlamaBackend(
+        real_model_path, n_slots=4, n_ctx=4096, n_batch=256, n_threads=2, flash_attn="off"
+    )
     core = EngineCore(backend, policy=Policy(), n_batch=256, prefix_min_tokens=10_000)
     core.start()
     yield core
@@ -44,22 +48,51 @@ async def generate(core: EngineCore, prompt: str, **kw: Any) -> tuple[str, Any]:
     return str(text), gen.stats
 
 
-def test_greedy_output_is_identical_with_and_without(engine: EngineCore) -> None:
+def _gaps(path: Path, prompt: list[int], out: list[int]) -> list[float]:
+    """For each output token: how far its logit is below the best one, with the whole text
+    evaluated in one batch by a model of its own (0.0: it is the greedy choice)."""
+    import numpy as np
+
+    backend = LlamaBackend(path, n_slots=1, n_ctx=512, n_batch=256, n_threads=2, flash_attn="off")
+    try:
+        idx = backend.decode([BatchEntry(0, prompt + out, 0, True, draft=len(out))])[0]
+        gaps = []
+        for i, token in enumerate(out):
+            ptr = backend._L.llama_get_logits_ith(
+                backend._ctx, idx + i
+            )  # row idx: the last prompt token
+            row = np.ctypeslib.as_array(ptr, shape=(backend._n_vocab,))
+            gaps.append(float(row.max() - row[token]))
+        return gaps
+    finally:
+        backend.close()
+
+
+def test_greedy_speculation_is_a_greedy_decode(engine: EngineCore, real_model_path: Path) -> None:
+    """At temperature 0 every token kept is the model's greedy choice. Bit for bit equality
+    with plain decoding is not to be had on llama.cpp's CPU kernels (a batch of another
+    shape rounds differently, and a near-tie can flip: kernel/llama_backend.py
+    `exact_batches`), so the check is the definition: evaluated in one batch, each token of
+    the answer is the argmax at its position, up to a rounding-sized tie."""
+
     async def go() -> None:
-        plain, ps = await generate(engine, COPY, temperature=0, max_tokens=80, speculate=False)
-        spec, ss = await generate(engine, COPY, temperature=0, max_tokens=80, speculate=True)
-        assert spec == plain
-        assert ps.drafted == 0 and ss.drafted > 0 and ss.accepted > 0
-        # batched: two speculating and two plain sequences in the same steps
-        outs = await asyncio.gather(
-            generate(engine, COPY, temperature=0, max_tokens=80, speculate=True),
-            generate(engine, COPY.replace("word for word", "exactly"), temperature=0, max_tokens=60, speculate=True),
-            generate(engine, COPY, temperature=0, max_tokens=80, speculate=False),
-            generate(engine, "<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n", temperature=0, max_tokens=30, speculate=False),
+        greedy = {"temperature": 0, "repeat_penalty": 1.0, "max_tokens": 60}
+        gen = engine.generate(COPY, SamplingParams(**greedy, speculate=True))
+        await gen.result()
+        stats = gen.stats
+        assert stats.drafted > 0 and stats.accepted > 0
+        prompt = engine.backend.tokenize(COPY)
+        assert gen.seq.tokens[: len(prompt)] == prompt
+        gaps = _gaps(real_model_path, prompt, gen.seq.tokens[len(prompt) :])
+        assert max(gaps) < 0.05, gaps
+        # the same text as plain decoding in this case, batched beside other sequences
+        plain, spec = await asyncio.gather(
+            generate(engine, COPY, **greedy, speculate=False),
+            generate(engine, COPY, **greedy, speculate=True),
         )  # fmt: skip
-        assert outs[0][0] == plain and outs[2][0] == plain and outs[0][1].accepted > 0
-        alone = await generate(engine, COPY.replace("word for word", "exactly"), temperature=0, max_tokens=60, speculate=False)  # fmt: skip
-        assert outs[1][0] == alone[0]
+        assert spec[1].accepted > 0
+        common = next((i for i, (a, b) in enumerate(zip(plain[0], spec[0], strict=False)) if a != b), min(len(plain[0]), len(spec[0])))  # fmt: skip
+        assert common >= 40, (plain[0], spec[0])
 
     asyncio.run(go())
 

@@ -258,6 +258,8 @@ class EngineCore:
         spec_max_draft: int = 8,
         spec_batch_tokens: int = 32,
         spec_ngram: int = 3,
+        adapter_quantum: int = 8,
+        timer: Clock = time.perf_counter,
         coalesce_s: float = 0.003,
         burst_gap_s: float = 0.001,
         clock: Clock = time.monotonic,
@@ -285,6 +287,14 @@ class EngineCore:
         self.cached_adapter: dict[int, str | None] = {}  # ... and the adapter they were made with
         self.adapter: str | None = None  # the adapter set on the backend
         self._served: dict[str | None, int] = {}  # adapter group -> step it last ran
+        self._group_steps = 0  # steps the current adapter group has run in a row
+        # does drafting pay here? seconds per output token of steps with drafts and of
+        # plain decode steps (moving averages), measured with `timer`
+        self.timer = timer
+        self.cost: dict[bool, float] = {}
+        self.cost_n: dict[bool, int] = {False: 0, True: 0}
+        self._probe = 0
+        self.adapter_quantum = adapter_quantum
         self._ids = itertools.count(1)
         self._rr = itertools.count(1)
         self._commands: deque[Callable[[], None]] = deque()
@@ -470,7 +480,9 @@ class EngineCore:
         while True:
             try:
                 self._use_adapter(seqs[0].adapter)
+                t0 = self.timer()
                 indices = self.backend.decode(entries)
+                spent = self.timer() - t0
                 break
             except DecodeNoSpace:
                 if not self._relieve(seqs):
@@ -486,6 +498,7 @@ class EngineCore:
                     return 0
         n = 0
         now = self.clock()
+        decoded_before = self.stats.tokens_decoded
         for entry, seq, idx in zip(entries, seqs, indices, strict=True):
             k = len(entry.tokens)
             n += k
@@ -506,6 +519,13 @@ class EngineCore:
                     seq.stats.first_token = now
                 self._on_token(seq, token)
         self.stats.steps += 1
+        if all(
+            s.state is not SeqState.PREFILL and e.pos >= len(s.prompt) - 1
+            for e, s in zip(entries, seqs, strict=True)
+        ):
+            self._measure(
+                any(e.draft for e in entries), spent, self.stats.tokens_decoded - decoded_before
+            )
         self._flush()
         return n
 
@@ -702,8 +722,10 @@ class EngineCore:
     def _group(self) -> tuple[bool, str | None]:
         """The adapter set this step runs: llama.cpp applies a context's adapters to every
         token of a batch, so a batch holds one set. With residents in several sets, the
-        one that ran longest ago goes (round robin; the best priority breaks a tie), so
-        every set advances; within it, sequences keep their order by priority."""
+        current set keeps up to `adapter_quantum` steps in a row (a switch makes llama.cpp
+        rebuild its graph: ~4 ms here, most of a 1-token step), then the one that ran
+        longest ago goes (round robin; the best priority breaks a tie), so every set
+        advances; within a set, sequences keep their order by priority."""
         now = self.clock()
         groups: dict[str | None, Any] = {}
         for s in self.slots:
@@ -714,7 +736,12 @@ class EngineCore:
                 groups[s.adapter] = key
         if len(groups) <= 1:
             return False, None
-        pick = min(groups, key=lambda a: (self._served.get(a, -1), groups[a]))
+        current = self.adapter
+        if current in groups and self._group_steps < self.adapter_quantum:
+            pick = current  # switching costs a graph rebuild: a set keeps a few steps
+        else:
+            pick = min(groups, key=lambda a: (self._served.get(a, -1), groups[a]))
+        self._group_steps = self._group_steps + 1 if pick == current else 1
         self._served[pick] = self.stats.steps
         return True, pick
 
@@ -742,10 +769,13 @@ class EngineCore:
         # Drafts ride in the tokens the batch can take without slowing anyone: up to
         # `spec_batch_tokens` in all, the decoding sequences' own tokens counted first.
         spare = min(budget, self.spec_batch_tokens - len(entries), self.kv_budget - used)
+        pays = spare <= 0 or not any(s.spec for s in seqs) or self._drafting_pays()
         for entry, seq in zip(entries, seqs, strict=True):
             if spare <= 0:
                 break
-            if not seq.spec:
+            # the engine's own choice follows the measured cost; a call's explicit
+            # speculate=True drafts regardless
+            if not seq.spec or not (pays or seq.params.speculate):
                 continue
             draft = self._draft(seq, min(spare, seq.spec_len))
             if draft:
@@ -784,9 +814,32 @@ class EngineCore:
     def _speculates(self, params: SamplingParams, prompt_len: int) -> bool:
         if params.speculate is not None:
             return params.speculate
-        if self.speculation == "auto":
-            return prompt_len >= self.spec_min_prompt
+        if self.speculation == "auto":  # only where verifying in a batch is exact (below)
+            exact = getattr(self.backend, "exact_batches", True)
+            return exact and prompt_len >= self.spec_min_prompt
         return self.speculation == "on"
+
+    def _measure(self, drafted: bool, spent: float, made: int) -> None:
+        """Seconds per output token of a decode-only step, averaged by kind."""
+        if made <= 0:
+            return
+        x = spent / made
+        prev = self.cost.get(drafted)
+        self.cost[drafted] = x if prev is None else 0.9 * prev + 0.1 * x
+        self.cost_n[drafted] += 1
+
+    def _drafting_pays(self) -> bool:
+        """Drafts cost a bigger batch; on hardware (or a model size, a context length)
+        where a token in a batch costs nearly as much as a step of its own, accepted
+        drafts don't repay that. Once both kinds of step have been measured a few times,
+        drafting stops while its steps cost more per output token than plain ones, with a
+        probe every 64 steps to notice a change (a shorter context, another load)."""
+        if min(self.cost_n.values()) < 8:
+            return True
+        if self.cost[True] <= self.cost[False]:
+            return True
+        self._probe += 1
+        return self._probe % 64 == 0
 
     def _draft(self, seq: Sequence, limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the

@@ -281,6 +281,13 @@ class LlamaBackend:
         self._eog_all: list[int] | None = None
         self._samplers: set[int] = set()
         self._adapters: dict[str, Any] = {}  # path -> llama_adapter_lora (freed with the model)
+        # Whether a token's logits are bit for bit the same evaluated in a batch of several
+        # (a speculation verify) as alone. Not on llama.cpp's CPU kernels: the matrix
+        # products (and flash attention's) accumulate in another order for another batch
+        # shape, and a near-tie can flip a greedy token (measured: 2 of 4 long answers
+        # differed at one token with flash attention off, 3 of 4 with it on). So the
+        # engine's "auto" leaves speculation off here; a call or the config may ask for it.
+        self.exact_batches = False
         self._closed = False
         self.size_bytes = int(L.llama_model_size(model))
         self.n_params = int(L.llama_model_n_params(model))

@@ -92,9 +92,8 @@ class KernelLLM(LLM):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             stop=tuple(stop or ()),
-            # answers over retrieved text copy it: draft from the context (same output),
-            # unless the config turned speculation off
-            speculate=None if kernel.settings.speculation == "off" else True,
+            # answers over retrieved text copy it: the prompt is long, so speculation's
+            # "auto" drafts from the context where that is exact and pays (kernel/engine.py)
         )
         gen = await kernel.generate(ctx.process, tokens, params, stream=False)
         await gen.result()

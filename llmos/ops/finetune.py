@@ -224,6 +224,7 @@ async def finetune(
         }  # fmt: skip
         lineage = {
             "operation": "finetune", "parent": entry.name, "parent_path": str(entry.path),
+            "parent_quantization": header.quantization,
             "parameters": {**asdict(hyper), "n_ctx": ctx_len, "truncate": truncate},
             "data": ds.path, "data_sha256": ds.sha256,
             "tool": "transformers + peft (LoRA), exported to a llama.cpp adapter GGUF",

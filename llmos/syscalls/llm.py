@@ -64,8 +64,8 @@ async def chat(
     speculate: bool | None = None,
 ) -> GenResult:
     """Chat with a model using its own chat template; tokens stream to the caller's stdout.
-    `speculate` drafts from the context and verifies in one batch (same output; None: on
-    for long prompts, per the `speculation` setting)."""
+    `speculate=True` drafts from the context and verifies in one batch (the same
+    distribution; None: the `speculation` setting decides)."""
     if not messages:
         raise BadArguments("llm.chat: messages must not be empty")
     params = _params(temperature, max_tokens, stop, seed, json_schema, grammar, False, speculate)
