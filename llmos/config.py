@@ -101,7 +101,8 @@ class Settings(BaseSettings):
     speculation: Literal["auto", "on", "off"] = Field(
         "auto",
         description="draft tokens from the sequence's own context and verify them in one batch "
-        "(same output): auto = for prompts of spec_min_prompt_tokens or more; a call may say",
+        "(same distribution): auto = for long prompts where the backend's batches are exact "
+        "(not llama.cpp's CPU kernels); on = while it measures that it pays; a call may say",
     )
     spec_min_prompt_tokens: int = Field(
         256, ge=1, description="prompt length from which speculation is on under auto"
@@ -148,6 +149,12 @@ class Settings(BaseSettings):
     )
     server_queue_limit: int = Field(
         64, ge=1, description="generation requests in flight before the server answers 429"
+    )
+    # -- `llmos mcp serve`: llmos as an MCP server ------------------------------------
+    mcp_clients: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="capability grants per MCP client name (`llmos mcp serve --client NAME`); "
+        "without --client a client gets a process's default grants",
     )
 
     @classmethod

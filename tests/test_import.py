@@ -13,7 +13,7 @@ def test_import_pulls_no_heavy_modules() -> None:
     code = (
         "import json, sys, llmos; "
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} "
-        "& {'torch', 'chromadb', 'llama_cpp', 'sentence_transformers', 'textual', 'langchain_core', 'fastapi'})))"
+        "& {'torch', 'chromadb', 'llama_cpp', 'sentence_transformers', 'textual', 'langchain_core', 'fastapi', 'mcp'})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

@@ -363,6 +363,7 @@ def shell(
 
 from llmos.cli.eval import register as _register_eval  # noqa: E402
 from llmos.cli.fs import register as _register_fs  # noqa: E402
+from llmos.cli.mcp import register as _register_mcp  # noqa: E402
 from llmos.cli.models import register as _register_models  # noqa: E402
 from llmos.cli.remote import register as _register_remote  # noqa: E402
 
@@ -370,6 +371,7 @@ _register_remote(app)
 _register_fs(app)
 _register_models(app)
 _register_eval(app)
+_register_mcp(app)
 
 
 def main() -> None:

@@ -86,3 +86,18 @@ async def run_syscall(
     if proc.exit_code != 0:
         raise ProcessKilled(f"{name} ended: {proc.exit_reason or proc.exit_code}")
     return call.result
+
+
+def jsonable(value: Any) -> Any:
+    """A syscall's result as plain JSON values, as an API returns it: pydantic models
+    dumped, containers walked, anything else as its text."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump()
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -17,6 +17,7 @@ from sse_starlette import ServerSentEvent
 
 from llmos.core.process import Signal
 from llmos.kernel.loader import ProgramError, ProgramNotFound, load_program
+from llmos.kernel.oneshot import jsonable as _jsonable
 from llmos.server.errors import ApiError
 from llmos.server.schemas import (
     FsWriteRequest,
@@ -188,16 +189,3 @@ def _spec_info(spec: Any) -> dict[str, Any]:
         "risk": str(spec.risk), "doc": spec.doc, "args": spec.schema(),
         "result": spec.result_schema(),
     }  # fmt: skip
-
-
-def _jsonable(value: Any) -> Any:
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return dump()
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
