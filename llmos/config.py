@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_config_dir, user_data_dir
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,29 @@ def _default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS
         return max(1, os.cpu_count() or 1)
+
+
+Approval = Literal["allow", "ask", "deny"]
+
+
+class McpServer(BaseModel):
+    """A third-party MCP server whose tools become syscalls `mcp.NAME.TOOL` (docs/MCP.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] | None = Field(
+        None, description="the stdio server's command line (executable, then arguments)"
+    )
+    url: str | None = Field(None, description="a Streamable HTTP server's URL (not supported yet)")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables for the server, over a small safe set",
+    )
+    approval: Approval = Field("ask", description="approval for every tool of the server")
+    tools: dict[str, Approval] = Field(
+        default_factory=dict, description="approval per tool name, over `approval`"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="longest a start, listing or call may take")
 
 
 class Settings(BaseSettings):
@@ -155,6 +178,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="capability grants per MCP client name (`llmos mcp serve --client NAME`); "
         "without --client a client gets a process's default grants",
+    )
+    # -- MCP servers as syscalls: llmos as an MCP client -------------------------------
+    mcp_servers: dict[str, McpServer] = Field(
+        default_factory=dict,
+        description="MCP servers whose tools become syscalls mcp.NAME.TOOL, over those "
+        "`llmos mcp add`/`import` keep in the data dir's mcp.json",
     )
 
     @classmethod

@@ -16,6 +16,7 @@
     │   ├── PermissionDenied
     │   ├── ApprovalDenied
     │   ├── ToolFailed
+    │   │   └── ToolTimeout         a tool cut at its time limit (an MCP server's timeout_s)
     │   └── NothingIndexed          a search or question over a scope with no indexed text
     ├── GenerationError             generation could not go on
     │   └── ContextOverflow         prompt + max_tokens does not fit: never silently truncated
@@ -95,6 +96,12 @@ class ApprovalDenied(SyscallError):
 
 class ToolFailed(SyscallError):
     kind = "tool_failed"
+
+
+class ToolTimeout(ToolFailed):
+    """A tool that did not answer within its time limit; the call was cut."""
+
+    kind = "tool_timeout"
 
 
 class NothingIndexed(SyscallError):

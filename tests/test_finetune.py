@@ -68,7 +68,13 @@ def trained(real_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return {**out, "settings": settings, "data": data, "events": events}
 
 
-def test_adapter_is_registered_with_base_rank_and_losses(trained: dict[str, Any]) -> None:
+def test_adapter_is_registered_with_base_rank_and_losses(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMOS_DATA_DIR", str(trained["settings"].data_dir))
+    monkeypatch.setenv("COLUMNS", "200")
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "lora on smollm2-135m-instruct" in listed.output
     second = trained["second"]
     lib = ModelLibrary(trained["settings"].data_dir)
     info = lib.info("secret")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -12,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from llmos.cli.common import fail, run_async, run_streamed, settings
-from llmos.errors import ApprovalDenied, LlmosError, UserError
+from llmos.cli.common import fail, run_async, run_streamed, settings, terminal_approver
+from llmos.errors import LlmosError, UserError
 
 if TYPE_CHECKING:
     from llmos.core.process import Process
@@ -282,30 +281,6 @@ def _approvals(items: list[str]) -> dict[str, Policy]:
     return out
 
 
-def terminal_approver(hint: str | None = None) -> Any:
-    """Ask on the terminal when one is attached. Otherwise `ask` means deny: with no `hint`
-    silently (None: the syscall table denies), with one by an `ApprovalDenied` whose message
-    names it (`{name}` is the syscall's name), so the user learns how to allow the call."""
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        if hint is None:
-            return None
-
-        async def refuse(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
-            raise ApprovalDenied(
-                f"{spec.name} needs approval and there is no terminal to ask; "
-                f"run with {hint.format(name=spec.name)} to allow it"
-            )
-
-        return refuse
-
-    async def approve(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
-        shown = json.dumps(values, default=str)[:500]
-        question = f"pid {ctx.pid} wants {spec.name} {shown} - allow?"
-        return bool(await asyncio.to_thread(typer.confirm, question, default=False, err=True))
-
-    return approve
-
-
 @app.command()
 def agent(
     task: str,
@@ -361,6 +336,7 @@ def shell(
     LlmosShell(settings=config, model=model, connect=connect).run()
 
 
+from llmos.cli.apps import register as _register_app  # noqa: E402
 from llmos.cli.eval import register as _register_eval  # noqa: E402
 from llmos.cli.fs import register as _register_fs  # noqa: E402
 from llmos.cli.mcp import register as _register_mcp  # noqa: E402
@@ -372,6 +348,7 @@ _register_fs(app)
 _register_models(app)
 _register_eval(app)
 _register_mcp(app)
+_register_app(app)
 
 
 def main() -> None:

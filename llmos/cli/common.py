@@ -1,16 +1,17 @@
-"""What every `llmos` command shares: one-line failures, settings, and running a program
-as a kernel process with its output streamed here."""
+"""What every `llmos` command shares: one-line failures, settings, running a program as a
+kernel process with its output streamed here, and asking the terminal to approve a syscall."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
-from llmos.errors import LlmosError
+from llmos.errors import ApprovalDenied, LlmosError
 
 if TYPE_CHECKING:
     from llmos.config import Settings
@@ -66,3 +67,27 @@ def run_streamed(start: Callable[[Kernel], Awaitable[Process]]) -> NoReturn:
 
     code = run_async(go())
     raise typer.Exit(code if 0 <= code < 256 else 1)
+
+
+def terminal_approver(hint: str | None = None) -> Any:
+    """Ask on the terminal when one is attached. Otherwise `ask` means deny: with no `hint`
+    silently (None: the syscall table denies), with one by an `ApprovalDenied` whose message
+    names it (`{name}` is the syscall's name), so the user learns how to allow the call."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        if hint is None:
+            return None
+
+        async def refuse(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
+            raise ApprovalDenied(
+                f"{spec.name} needs approval and there is no terminal to ask; "
+                f"run with {hint.format(name=spec.name)} to allow it"
+            )
+
+        return refuse
+
+    async def approve(ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
+        shown = json.dumps(values, default=str)[:500]
+        question = f"pid {ctx.pid} wants {spec.name} {shown} - allow?"
+        return bool(await asyncio.to_thread(typer.confirm, question, default=False, err=True))
+
+    return approve

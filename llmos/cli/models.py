@@ -39,10 +39,11 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "path", "present", "source")
+    table = Table("name", "kind", "path", "present", "source")
     for e in entries:
         table.add_row(
             e.name,
+            f"lora on {e.base}" if e.kind == "lora" else "model",
             str(e.path),
             "yes" if e.path.is_file() else "no",
             "built-in" if e.builtin else "added",

@@ -12,6 +12,7 @@ handler's unexpected exception becomes `ToolFailed`, never a kernel crash.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import json
 import time
@@ -19,9 +20,17 @@ import types
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, Protocol, get_type_hints
+from typing import Any, ClassVar, Literal, Protocol, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from llmos.core.process import Process
 from llmos.errors import (
@@ -105,6 +114,19 @@ class SyscallSpec:
             ) from None
 
     def signature(self) -> str:
+        if issubclass(self.args_model, SchemaArgs):  # no fields: the schema's properties
+            schema = self.schema()
+            required = set(schema.get("required", ()))
+            props = schema.get("properties", {})
+            return (
+                f"{self.name}("
+                + ", ".join(
+                    f"{k}: {v.get('type', 'any') if isinstance(v, dict) else 'any'}"
+                    + ("" if k in required else " = ...")
+                    for k, v in props.items()
+                )
+                + ")"
+            )
         parts = []
         for fname, f in self.args_model.model_fields.items():
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace(
@@ -170,6 +192,57 @@ def syscall(
         return fn
 
     return wrap
+
+
+class SchemaArgs(BaseModel):
+    """Arguments checked against a JSON schema instead of typed fields, for a syscall defined
+    at run time from a schema (an MCP server's tool): validation is the schema's own (the
+    `jsonschema` package), and the schema is what `schema()`, `help` and the grammar show.
+    A subclass per syscall sets `json_schema`."""
+
+    model_config = ConfigDict(extra="allow")
+    json_schema: ClassVar[dict[str, Any]] = {"type": "object"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        from jsonschema.validators import validator_for
+
+        schema = cls.json_schema
+        validator = validator_for(schema)(schema)
+        problems = [
+            (".".join(str(p) for p in e.absolute_path) + ": " if e.absolute_path else "")
+            + e.message
+            for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path)))
+        ]
+        if problems:  # a template of its own: a message may hold braces
+            raise PydanticCustomError(
+                "json_schema", "{problems}", {"problems": "; ".join(problems)}
+            )
+        return data
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return copy.deepcopy(cls.json_schema)
+
+
+def schema_spec(
+    name: str,
+    handler: Handler,
+    schema: dict[str, Any],
+    *,
+    doc: str,
+    capability: str | None = None,
+    risk: Risk = "low",
+) -> SyscallSpec:
+    """A syscall defined at run time by a JSON schema of its arguments, to register with
+    `SyscallTable.register`; the handler is `async def handler(ctx, **args)`."""
+    model = type(
+        "Args_" + name.replace(".", "_"),
+        (SchemaArgs,),
+        {"json_schema": copy.deepcopy(schema), "__module__": __name__},
+    )
+    return SyscallSpec(name, handler, model, capability or name, risk, doc)
 
 
 def specs_in(objects: Iterable[Any]) -> list[SyscallSpec]:
@@ -262,6 +335,10 @@ class SyscallTable:
         self.specs[s.name] = s
         return s
 
+    def unregister(self, name: str) -> None:
+        """Take a syscall out of the table (a run-time one whose provider closed)."""
+        self.specs.pop(name, None)
+
     def get(self, name: str) -> SyscallSpec:
         spec = self.specs.get(name)
         if spec is None:
@@ -282,7 +359,9 @@ class SyscallTable:
                 f"{'.'.join(str(x) for x in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors()
             )
             raise BadArguments(f"{name}: {problems}") from None
-        return spec, {k: getattr(model, k) for k in spec.args_model.model_fields}
+        values = {k: getattr(model, k) for k in spec.args_model.model_fields}
+        values.update(model.model_extra or {})  # a schema-defined syscall's (SchemaArgs)
+        return spec, values
 
     async def dispatch(self, ctx: Caller, name: str, args: dict[str, Any]) -> Any:
         with AuditScope(self.audit, ctx.pid, name, args):

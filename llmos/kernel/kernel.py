@@ -124,6 +124,13 @@ class Kernel:
         self.syscalls.audit = self.proctable.audit
         for pname, prog in registry.load_programs().items():
             self.programs.setdefault(pname, prog)  # programs set before start() win
+        for provide, plugin in registry.load_providers():  # syscalls known at run time (MCP)
+            try:
+                await provide(self)
+            except Exception as exc:  # a plug-in's failure costs its own syscalls
+                if not plugin:
+                    raise
+                log.warning("provider plug-in failed: %s: %s", type(exc).__name__, exc)
         self.booted = True
 
     async def shutdown(self) -> None:
@@ -135,6 +142,7 @@ class Kernel:
             for task in stubborn:
                 task.cancel()
         self.syscalls.audit = None  # the process table closes with the other services
+        await self._services.aclose_all()
         await asyncio.to_thread(self._services.close_all)
         self.proctable = None
         self.booted = False

@@ -15,7 +15,7 @@ import importlib
 import importlib.metadata as md
 import inspect
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from llmos.core.process import Program
@@ -24,8 +24,9 @@ from llmos.errors import UserError
 from llmos.kernel.loader import load_program
 
 log = logging.getLogger("llmos.registry")
+Provider = Callable[[Any], Awaitable[None]]  # (kernel) -> None
 
-TOOLS, PROGRAMS = "llmos.tools", "llmos.programs"
+TOOLS, PROGRAMS, PROVIDERS = "llmos.tools", "llmos.programs", "llmos.providers"
 
 DEFAULT_TOOLS = tuple(
     md.EntryPoint(name, value, TOOLS)
@@ -48,6 +49,9 @@ DEFAULT_PROGRAMS = tuple(
         ("rag", "llmos.agents.rag:rag_program"),
     )
 )
+# Providers: `async def provide(kernel) -> None`, awaited at boot, for syscalls known only at
+# run time (an MCP server's tools), which they register with `kernel.syscalls.register`.
+DEFAULT_PROVIDERS = (md.EntryPoint("mcp", "llmos.mcp.provider:provide", PROVIDERS),)
 # Program references persisted by earlier versions, for `restart` of their lost processes.
 LEGACY_REFS = {"llmos.agents.programs:rag_program": "llmos.agents.rag:rag_program"}
 
@@ -84,6 +88,17 @@ def load_programs() -> dict[str, Program]:
         else:
             progs[name] = obj
     return progs
+
+
+def load_providers() -> list[tuple[Provider, bool]]:
+    """The boot-time syscall providers, each with whether it came from a plug-in."""
+    out: list[tuple[Provider, bool]] = [(ep.load(), False) for ep in DEFAULT_PROVIDERS]
+    for name, obj in _plugins(PROVIDERS):
+        if inspect.iscoroutinefunction(obj):
+            out.append((obj, True))
+        else:
+            log.warning("provider plug-in %s is not an async function; skipped", name)
+    return out
 
 
 def program_ref(program: Program) -> str | None:

@@ -40,6 +40,17 @@ class Services:
     def opened(self, open: Callable[[Any], Any]) -> bool:
         return open in self._open or open in self._provided
 
+    async def aclose_all(self) -> None:
+        """Close, newest first, the opened services that close asynchronously (`aclose`: the
+        MCP client's server sessions, owned by tasks on the kernel's loop); `close_all` then
+        closes the rest in a worker thread."""
+        with self._lock:
+            values = [(k, v) for k, v in self._open.items() if callable(getattr(v, "aclose", None))]
+            for key, _ in values:
+                del self._open[key]
+        for _, value in values[::-1]:
+            await value.aclose()
+
     def close_all(self) -> None:
         """Close what was opened, newest first (the memory FS before its embedder); a later
         `get` opens a fresh one, as a kernel restarted after shutdown needs."""
