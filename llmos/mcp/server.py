@@ -1,5 +1,6 @@
 """llmos as an MCP server: a booted kernel's syscalls, memory files and prompt templates,
-offered to one MCP client (Claude Desktop, Cursor, an agent) over stdio.
+offered to one MCP client (Claude Desktop, Cursor, an agent) over stdio (`serve_stdio`),
+or to any number over streamable HTTP at `llmos serve`'s /mcp (`http_endpoint`).
 
     tools      the syscalls the client's grants allow (approval permitting), each with its
                doc and its argument schema; a call is one short kernel process
@@ -32,6 +33,11 @@ from urllib.parse import quote, unquote
 from mcp import types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import (
+    StreamableHTTPASGIApp,
+    StreamableHTTPSessionManager,
+)
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from llmos import __version__
@@ -302,3 +308,25 @@ async def serve_stdio(settings: Settings, client: str | None = None) -> None:
     async with stdio_server() as (read, write), Kernel(settings) as kernel:
         server = build_server(kernel, caps, client)
         await server.run(read, write, server.create_initialization_options())
+
+
+def http_endpoint(kernel: Kernel, settings: Settings) -> StreamableHTTPASGIApp:
+    """MCP over streamable HTTP for `llmos serve`'s /mcp: the ASGI endpoint of a session
+    manager over `build_server`, whose `session_manager.run()` must be entered for as long
+    as the app serves (its task group holds the sessions; the app's lifespan enters it).
+
+    The daemon's one API key authenticates a caller but names no one, so every HTTP client
+    gets the default client's grants (as `llmos mcp serve` without --client). Without an
+    API key (loopback only) the Host and Origin headers must be loopback ones, so a web page
+    cannot reach the tools through DNS rebinding."""
+    loopback = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+    manager = StreamableHTTPSessionManager(
+        build_server(kernel),
+        security_settings=None if settings.api_key else loopback,
+        max_request_body_size=settings.server_max_body_bytes,
+    )
+    return StreamableHTTPASGIApp(manager)

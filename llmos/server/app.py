@@ -12,6 +12,7 @@ Where each job lives:
     native_routes.py  processes, syscalls, model load/unload, the memory filesystem
     eval_routes.py    /v1/eval/*: perplexity, task sets, retrieval, stored runs, comparison
     metrics.py        /metrics (prometheus_client, a registry per app) and /health
+    llmos.mcp.server  /mcp: the MCP server over streamable HTTP (docs/MCP.md)
     security.py       the guard: bind rules, bearer auth, body limit, request counts
 """
 
@@ -25,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from llmos import __version__
 from llmos.config import Settings, load_settings
@@ -62,6 +64,9 @@ def create_app(
     owned = kernel is None
     k = kernel or Kernel(settings, backend_factory=backend_factory, embedder=embedder)
     api = Api(settings, k)
+    from llmos.mcp.server import http_endpoint  # the MCP SDK loads with the app, not llmos
+
+    mcp = http_endpoint(k, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +75,8 @@ def create_app(
         if preload:
             await k.engine(settings.default_model)
         try:
-            yield
+            async with mcp.session_manager.run():  # the task group MCP sessions run in
+                yield
         finally:
             if owned:
                 await k.shutdown()
@@ -94,6 +100,8 @@ def create_app(
     app.include_router(native_routes.router(api))
     app.include_router(eval_routes.router(api))
     app.include_router(metrics.router(api))
+    # an ASGI endpoint (every method: POST messages, GET stream, DELETE session)
+    app.router.routes.append(Route("/mcp", endpoint=mcp, include_in_schema=False))
     return app
 
 
