@@ -139,6 +139,12 @@ def alternate(
     return out
 
 
+def pct(xs: list[float], q: float) -> float:
+    """The `q` quantile of `xs` (nearest rank, from below)."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
 def fmt_runs(xs: list[float]) -> str:
     return " ".join(f"{x:.1f}" for x in xs)
 

@@ -20,19 +20,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+
+from _common import pct  # the script's folder is on sys.path
 
 CALL = {"expression": "17*23"}
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 async def measure(
-    sides: dict[str, Callable[[], Awaitable[object]]], n: int
+    sides: Mapping[str, Callable[[], Awaitable[object]]], n: int
 ) -> dict[str, list[float]]:
     """Seconds per call of each side, the sides taking turns call by call, after a check
     of the answer and a warm-up."""

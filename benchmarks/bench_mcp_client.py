@@ -31,13 +31,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from _common import pct  # the script's folder is on sys.path
+
 SYSCALL = "mcp.time.get_current_time"
 ARGS = {"timezone": "UTC"}
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def check(got: Any) -> None:

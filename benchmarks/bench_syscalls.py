@@ -19,10 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+from _common import pct  # the script's folder is on sys.path
 
 
 async def bench(n: int) -> None:

@@ -256,3 +256,16 @@ async def test_the_penalties_prefilter_changes_no_token(
     with_cut = await run()
     monkeypatch.setattr(lb, "_prefilter", lambda params: 0)
     assert await run() == with_cut
+
+
+def test_a_batch_over_n_batch_is_typed_before_anything_is_written(real_model_path: Path) -> None:
+    from llmos.errors import GenerationError
+    from llmos.kernel.backend import BatchEntry
+
+    b = LlamaBackend(real_model_path, n_slots=2, n_ctx=1024, n_batch=64, n_threads=2)
+    try:
+        with pytest.raises(GenerationError, match="batch of 65 tokens exceeds n_batch 64"):
+            b.decode([BatchEntry(0, [1] * 40, 0, False), BatchEntry(1, [1] * 25, 0, True)])
+        assert b.decode([BatchEntry(0, [1] * 8, 0, True)]) == [7]  # still usable
+    finally:
+        b.close()

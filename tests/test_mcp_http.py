@@ -5,7 +5,6 @@ loads: calc needs none."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from llmos.config import Settings, load_settings
 from llmos.server import BackgroundServer, create_app
+from tests.test_mcp_serve import audit_rows, text_of
 
 INIT = {  # an initialize request, as a client's first POST carries it
     "jsonrpc": "2.0",
@@ -42,20 +42,6 @@ async def connected(url: str, headers: dict[str, str] | None = None) -> AsyncIte
     http = create_mcp_http_client(headers=headers)
     async with http, Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
         yield client
-
-
-def audit_rows(settings: Settings) -> list[tuple[str, str]]:
-    db = sqlite3.connect(settings.data_dir / "kernel.db")
-    try:
-        return [tuple(r) for r in db.execute("SELECT syscall, outcome FROM audit ORDER BY id")]
-    finally:
-        db.close()
-
-
-def text_of(result: object) -> str:
-    content = result.content  # type: ignore[attr-defined]
-    assert len(content) == 1 and content[0].type == "text", content
-    return str(content[0].text)
 
 
 async def test_http_client_gets_default_tools_and_tool_errors(tmp_path: Path) -> None:
@@ -84,7 +70,7 @@ async def test_http_client_gets_default_tools_and_tool_errors(tmp_path: Path) ->
             assert denied.is_error
 
     # audited as any other call (the kernel flushed its log when the app shut down)
-    assert audit_rows(settings) == [
+    assert audit_rows(settings.data_dir) == [
         ("calc", "ok"),
         ("calc", "bad_arguments"),
         ("shell.exec", "permission_denied"),

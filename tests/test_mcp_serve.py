@@ -40,9 +40,10 @@ async def serving(tmp_path: Path, *args: str) -> AsyncIterator[Client]:
             raise
 
 
-def audit_rows() -> list[tuple[str, str]]:
-    """(syscall, outcome) of every audited call, from the data dir's process table."""
-    db = sqlite3.connect(Path(os.environ["LLMOS_DATA_DIR"]) / "kernel.db")
+def audit_rows(data_dir: Path | None = None) -> list[tuple[str, str]]:
+    """(syscall, outcome) of every audited call, from the data dir's process table
+    (default: the test's, `LLMOS_DATA_DIR`)."""
+    db = sqlite3.connect((data_dir or Path(os.environ["LLMOS_DATA_DIR"])) / "kernel.db")
     try:
         return [tuple(r) for r in db.execute("SELECT syscall, outcome FROM audit ORDER BY id")]
     finally:

@@ -414,6 +414,9 @@ class LlamaBackend:
 
     # -- evaluation -------------------------------------------------------------------
     def decode(self, entries: list[BatchEntry]) -> list[int]:
+        total = sum(len(e.tokens) for e in entries)
+        if total > self._batch_cap:  # before writing: the batch's arrays end at its capacity
+            raise GenerationError(f"batch of {total} tokens exceeds n_batch {self._batch_cap}")
         b = self._batch
         token, pos, n_seq, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         k = 0
@@ -437,8 +440,6 @@ class LlamaBackend:
                 out.append(k - 1)
             else:
                 out.append(-1)
-        if k > self._batch_cap:
-            raise GenerationError(f"batch of {k} tokens exceeds n_batch {self._batch_cap}")
         b.n_tokens = k
         rc = self._L.llama_decode(self._ctx, b)
         if rc == 1:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from llmos.errors import UserError
 from llmos.ops.finetune import Finetuned, Hyper, adapter_paths, finetune
 from llmos.ops.taskeval import run_bounded, score_outputs
-from llmos.ops.trainset import DatasetError
+from llmos.ops.trainset import DatasetError, read_jsonl
 
 if TYPE_CHECKING:
     from llmos.core.context import Context
@@ -76,7 +76,7 @@ def load_prompts(
     path: Path, *, schema: dict[str, Any] | None, grammar: str | None
 ) -> list[dict[str, Any]]:
     rows = []
-    for n, obj in _prompt_lines(path):
+    for n, obj in read_jsonl(path, _check_prompt, what="prompts file", items="prompts"):
         row = dict(obj)
         if schema is not None and "json_schema" not in row and "grammar" not in row:
             row["json_schema"] = schema
@@ -87,27 +87,12 @@ def load_prompts(
     return rows
 
 
-def _prompt_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """A prompts file's lines: like training lines, without the answers."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DatasetError(f"no such prompts file: {path}")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{n}: not JSON: {exc.msg}") from None
-        if not isinstance(obj, dict) or not (
-            isinstance(obj.get("prompt"), str) or isinstance(obj.get("messages"), list)
-        ):
-            raise DatasetError(f"{path}:{n}: need 'messages' (a list) or 'prompt' (a string)")
-        out.append((n, obj))
-    if not out:
-        raise DatasetError(f"{path}: no prompts (the file is empty)")
-    return out
+def _check_prompt(obj: Any, where: str) -> None:
+    """A prompts line: like a training line, without the answer."""
+    if not isinstance(obj, dict) or not (
+        isinstance(obj.get("prompt"), str) or isinstance(obj.get("messages"), list)
+    ):
+        raise DatasetError(f"{where}: need 'messages' (a list) or 'prompt' (a string)")
 
 
 async def distill(

@@ -74,11 +74,20 @@ class Dataset:
         return sum(len(e.tokens) for e in self.train)
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """The file's examples with their line numbers; a bad line is a `DatasetError`."""
+def read_jsonl(
+    path: Path,
+    check: Callable[[Any, str], None] | None = None,
+    *,
+    what: str = "training file",
+    items: str = "examples",
+) -> list[tuple[int, dict[str, Any]]]:
+    """The file's objects with their line numbers; a bad line is a `DatasetError` naming
+    it. `check(obj, "PATH:LINE")` checks each (default: a training example); `what` and
+    `items` word the errors ("no such training file", "no examples")."""
+    check = check or check_example
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DatasetError(f"no such training file: {path}")
+        raise DatasetError(f"no such {what}: {path}")
     out: list[tuple[int, dict[str, Any]]] = []
     with path.open(encoding="utf-8", errors="strict") as fh:
         try:
@@ -89,12 +98,12 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}:{n}: not JSON: {exc.msg}") from None
-                check_example(obj, f"{path}:{n}")
+                check(obj, f"{path}:{n}")
                 out.append((n, obj))
         except UnicodeDecodeError:
             raise DatasetError(f"{path}: not UTF-8 text") from None
     if not out:
-        raise DatasetError(f"{path}: no examples (the file is empty)")
+        raise DatasetError(f"{path}: no {items} (the file is empty)")
     return out
 
 
