@@ -723,7 +723,7 @@ class EngineCore:
         """The adapter set this step runs: llama.cpp applies a context's adapters to every
         token of a batch, so a batch holds one set. With residents in several sets, the
         current set keeps up to `adapter_quantum` steps in a row (a switch makes llama.cpp
-        rebuild its graph: ~4 ms here, most of a 1-token step), then the one that ran
+        rebuild its graph: ~3 ms here, half a 1-token step), then the one that ran
         longest ago goes (round robin; the best priority breaks a tie), so every set
         advances; within a set, sequences keep their order by priority."""
         now = self.clock()

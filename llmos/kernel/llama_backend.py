@@ -284,8 +284,8 @@ class LlamaBackend:
         # Whether a token's logits are bit for bit the same evaluated in a batch of several
         # (a speculation verify) as alone. Not on llama.cpp's CPU kernels: the matrix
         # products (and flash attention's) accumulate in another order for another batch
-        # shape, and a near-tie can flip a greedy token (measured: 2 of 4 long answers
-        # differed at one token with flash attention off, 3 of 4 with it on). So the
+        # shape, and a near-tie can flip a greedy token (benchmarks/probe_costs.py: 3 of 4
+        # long answers differed with drafting forced, flash attention on or off). So the
         # engine's "auto" leaves speculation off here; a call or the config may ask for it.
         self.exact_batches = False
         self._closed = False
