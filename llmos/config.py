@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     spec_batch_tokens: int = Field(
         32, ge=1, description="a step's tokens up to which drafts may be added (decodes first)"
     )
+    fast_forward: bool = Field(
+        True,
+        description="under a grammar or JSON schema, append the text the grammar forces "
+        "(key names, quotes, separators) in one batch and verify it, instead of decoding it "
+        "token by token (same output)",
+    )
+    ff_max_tokens: int = Field(
+        16, ge=1, le=256, description="most forced tokens appended to a sequence per step"
+    )
     max_tokens_default: int = Field(
         512, ge=1, description="max new tokens when a request names none"
     )

@@ -52,6 +52,7 @@ def make(
         n_slots=n_slots,
         n_ctx=kw.pop("n_ctx", 8192),
         responder=kw.pop("responder", None) or (lambda c: "ok"),
+        forced=kw.pop("forced", None),
     )
     core = EngineCore(
         backend, policy=Policy(quantum_tokens=quantum, aging_s=aging_s), clock=clock, **kw

@@ -25,6 +25,7 @@ class BatchEntry:
     # drafted tokens at the end of `tokens` (speculation): logits are then needed for the
     # last `draft + 1` positions, and decode returns the batch index of the first of them
     draft: int = 0
+    forced: bool = False  # the drafts are text the sequence's grammar forces (fast-forward)
 
 
 class DecodeNoSpace(Exception):
@@ -61,6 +62,12 @@ class Backend(Protocol):
         last token where logits were asked for (with a draft: of the first of its last
         `draft + 1` tokens, whose logits follow at consecutive indices), else -1. Raise DecodeNoSpace when the KV
         cache is full (the cache is unchanged then)."""
+        ...
+
+    def forced_text(self, sampler: Any, limit: int) -> str:
+        """The text the sampler's grammar admits as the only continuation from its state
+        now (after the last sampled token), up to `limit` characters; "" when more than
+        one character (or the end) may follow, or the sampler has no grammar."""
         ...
 
     def sample(self, sampler: Any, index: int) -> int:

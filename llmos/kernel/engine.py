@@ -59,6 +59,8 @@ class SeqStats:
     prefilled: int = 0  # prompt tokens this sequence had evaluated (decoded in a batch)
     drafted: int = 0  # speculation: tokens drafted from the context and verified
     accepted: int = 0  # ... and of those, the ones the model agreed with
+    forced: int = 0  # fast-forward: tokens of grammar-forced text appended and verified
+    forced_kept: int = 0  # ... and of those, the ones the model agreed with
 
     @property
     def recomputed(self) -> int:
@@ -99,6 +101,8 @@ class SeqStats:
             "turnaround": self.turnaround,
             "drafted": self.drafted,
             "accepted": self.accepted,
+            "forced": self.forced,
+            "forced_kept": self.forced_kept,
         }
 
 
@@ -151,6 +155,7 @@ class Sequence:
     spec_len: int = 0
     ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
     indexed: int = 0  # n-grams ending before this token index are in `ngrams`
+    ff: bool = False  # fast-forward: append the text its grammar forces, verified
 
     @property
     def resident(self) -> bool:
@@ -171,6 +176,8 @@ class EngineStats:
     prefix_hits: int = 0
     drafted: int = 0
     accepted: int = 0
+    forced: int = 0
+    forced_kept: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
@@ -185,6 +192,8 @@ class EngineStats:
             "prefix_hits": self.prefix_hits,
             "drafted": self.drafted,
             "accepted": self.accepted,
+            "forced": self.forced,
+            "forced_kept": self.forced_kept,
         }
 
 
@@ -258,6 +267,8 @@ class EngineCore:
         spec_max_draft: int = 8,
         spec_batch_tokens: int = 32,
         spec_ngram: int = 3,
+        fast_forward: bool = True,
+        ff_max_tokens: int = 16,
         adapter_quantum: int = 8,
         timer: Clock = time.perf_counter,
         coalesce_s: float = 0.003,
@@ -277,6 +288,8 @@ class EngineCore:
         self.spec_max_draft = spec_max_draft
         self.spec_batch_tokens = spec_batch_tokens
         self.spec_ngram = spec_ngram
+        self.fast_forward = fast_forward
+        self.ff_max_tokens = ff_max_tokens
         self.coalesce_s = coalesce_s
         self.burst_gap_s = burst_gap_s
         self.clock = clock
@@ -349,6 +362,9 @@ class EngineCore:
         seq.stats.prompt_tokens = len(tokens)
         seq.spec = self._speculates(params, len(tokens))
         seq.spec_len = self.spec_max_draft // 2
+        seq.ff = self.fast_forward and (
+            params.grammar is not None or params.json_schema is not None
+        )
         seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._command(lambda: self._add(seq))
         return seq
@@ -523,9 +539,10 @@ class EngineCore:
             s.state is not SeqState.PREFILL and e.pos >= len(s.prompt) - 1
             for e, s in zip(entries, seqs, strict=True)
         ):
-            self._measure(
-                any(e.draft for e in entries), spent, self.stats.tokens_decoded - decoded_before
-            )
+            if not any(e.forced for e in entries):  # the speculation gate weighs lookups
+                self._measure(
+                    any(e.draft for e in entries), spent, self.stats.tokens_decoded - decoded_before
+                )
         self._flush()
         return n
 
@@ -766,6 +783,20 @@ class EngineCore:
             seqs.append(seq)
             budget -= 1
             used += 1
+        # Fast-forward: the text a sequence's grammar forces goes in as drafts, verified
+        # like any draft (so the output is the one token-by-token decoding gives); nearly
+        # all of it is kept, so it may use the whole batch.
+        for entry, seq in zip(entries, seqs, strict=True):
+            room = min(budget, self.kv_budget - used)
+            if not seq.ff or room <= 0:
+                continue
+            draft = self._forced_draft(seq, min(room, self.ff_max_tokens))
+            if draft:
+                entry.tokens.extend(draft)
+                entry.draft = len(draft)
+                entry.forced = True
+                budget -= len(draft)
+                used += len(draft)
         # Drafts ride in the tokens the batch can take without slowing anyone: up to
         # `spec_batch_tokens` in all, the decoding sequences' own tokens counted first.
         spare = min(budget, self.spec_batch_tokens - len(entries), self.kv_budget - used)
@@ -773,6 +804,8 @@ class EngineCore:
         for entry, seq in zip(entries, seqs, strict=True):
             if spare <= 0:
                 break
+            if entry.forced:
+                continue
             # the engine's own choice follows the measured cost; a call's explicit
             # speculate=True drafts regardless
             if not seq.spec or not (pays or seq.params.speculate):
@@ -859,6 +892,19 @@ class EngineCore:
         at = grams.get(tuple(toks[-n:]))
         return [] if at is None else toks[at : at + limit]
 
+    def _forced_draft(self, seq: Sequence, limit: int) -> list[int]:
+        """The tokens of the text the sequence's grammar forces next, as the tokenizer
+        spells it. The model might spell it otherwise (`"` then `action` rather than
+        `"action`): verification then keeps the tokens up to where it differs and takes
+        the model's own token there, so the output is still the token-by-token one."""
+        limit = min(limit, seq.max_new - seq.stats.generated - 1, self.seq_ctx_max - seq.n_past - 2)
+        if limit <= 0:
+            return []
+        text = self.backend.forced_text(seq.sampler, 4 * limit)
+        if not text:
+            return []
+        return self.backend.tokenize(text, add_special=False, parse_special=False)[:limit]
+
     def _verify(self, seq: Sequence, entry: BatchEntry, idx: int) -> None:
         """Sample the batch's positions in order, keeping each draft token the sample
         agrees with; the first disagreement is the next token, as plain decoding would
@@ -886,12 +932,18 @@ class EngineCore:
             seq.n_past += 1
             seq.pending = None
             self.stats.tokens_decoded += 1
+        if seq.slot is not None or slot in self.cached:  # the rejected drafts' cells go
+            self.backend.seq_rm(slot, seq.n_past, -1)
+        if entry.forced:
+            seq.stats.forced += len(draft)
+            seq.stats.forced_kept += accepted
+            self.stats.forced += len(draft)
+            self.stats.forced_kept += accepted
+            return
         seq.stats.drafted += len(draft)
         seq.stats.accepted += accepted
         self.stats.drafted += len(draft)
         self.stats.accepted += accepted
-        if seq.slot is not None or slot in self.cached:  # the rejected drafts' cells go
-            self.backend.seq_rm(slot, seq.n_past, -1)
         # the draft length follows what is accepted; a sequence whose drafts keep failing
         # stops drafting (a verify that keeps nothing costs a slower step)
         if accepted == len(draft):

@@ -396,7 +396,8 @@ class ModelManager:
                 seq_ctx_max=s.seq_ctx_max, prefix_min_tokens=s.prefix_min_tokens,
                 max_tokens_default=s.max_tokens_default, speculation=s.speculation,
                 spec_min_prompt=s.spec_min_prompt_tokens, spec_max_draft=s.spec_max_draft,
-                spec_batch_tokens=s.spec_batch_tokens,
+                spec_batch_tokens=s.spec_batch_tokens, fast_forward=s.fast_forward,
+                ff_max_tokens=s.ff_max_tokens,
             )  # fmt: skip
             engine.start()
             size = int(

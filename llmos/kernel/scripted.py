@@ -34,7 +34,21 @@ def default_responder(conversation: str) -> str:
     return f"You said: {last}"
 
 
+class _Sampler:
+    """A sequence's scripted sampler: its params and the tokens it sampled (the state a
+    grammar sampler keeps)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.ignore_eos = params.ignore_eos
+        self.sampled: list[int] = []
+
+
 class ScriptedBackend:
+    """`forced(text_so_far)`, when given, plays a grammar for sequences that have one
+    (`grammar` or `json_schema` set): the text it returns is what the "grammar" forces
+    next, right or wrong (the engine verifies it either way)."""
+
     def __init__(
         self,
         *,
@@ -43,6 +57,7 @@ class ScriptedBackend:
         n_ctx: int = 4096,
         responder: Callable[[str], str] = default_responder,
         on_decode: Callable[[list[BatchEntry]], None] | None = None,
+        forced: Callable[[str], str] | None = None,
     ) -> None:
         self.name = name
         self.n_slots = n_slots
@@ -51,6 +66,7 @@ class ScriptedBackend:
         self.n_ctx_seq = n_ctx
         self.responder = responder
         self.on_decode = on_decode
+        self.forced = forced
         self.kv: list[list[int]] = [[] for _ in range(n_slots)]
         self.batches: list[list[tuple[int, int]]] = []  # (slot, n_tokens) per decode call
         self._last_slots: list[tuple[int, int]] = []  # (slot, KV length) per batch index
@@ -99,7 +115,14 @@ class ScriptedBackend:
 
     # -- sampling ---------------------------------------------------------------------
     def new_sampler(self, params: SamplingParams) -> Any:
-        return params
+        return _Sampler(params)
+
+    def forced_text(self, sampler: Any, limit: int) -> str:
+        p = sampler.params
+        if self.forced is None or (p.grammar is None and p.json_schema is None):
+            return ""
+        done = bytes(t for t in sampler.sampled if t < 256).decode("utf-8", "replace")
+        return self.forced(done)[:limit]
 
     def free_sampler(self, sampler: Any) -> None:
         return None
@@ -148,8 +171,9 @@ class ScriptedBackend:
         slot, upto = self._last_slots[index]
         kv = self.kv[slot][:upto]
         token = self._next_token(kv)
-        if token == EOS and getattr(sampler, "ignore_eos", False):  # as a -inf logit bias
+        if token == EOS and sampler.ignore_eos:  # as a -inf logit bias
             token = ord("a") + len(kv) % 26
+        sampler.sampled.append(token)
         return token
 
     def set_adapter(self, path: str | None) -> None:

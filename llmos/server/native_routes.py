@@ -75,7 +75,8 @@ def router(api: Api) -> APIRouter:
     @r.get("/v1/top", tags=["processes"])
     async def top() -> dict[str, Any]:
         """Kernel-wide figures, as `llmos top`: processes alive, and per loaded model its
-        slots, KV cells, steps and tokens (speculation's drafted and accepted included)."""
+        slots, KV cells, steps and tokens (speculation's drafted and accepted, fast-forward's
+        forced and forced_kept included)."""
         return k.top()
 
     @r.get("/v1/processes/{pid}", tags=["processes"])
