@@ -84,7 +84,7 @@ async def react(url: str, n: int) -> dict[str, Any]:
     spec = calc_spec()
     first, schema = action_schema([spec], finish=False), action_schema([spec])
     work = react_tasks(n, 7)
-    solved = steps = 0
+    solved = steps = made = 0
     transcripts = []
     async with httpx.AsyncClient(base_url=url, timeout=900) as http:
         await chat(http, [{"role": "user", "content": "hi"}], schema, 8)  # warm up
@@ -95,8 +95,9 @@ async def react(url: str, n: int) -> dict[str, Any]:
             last = None
             while not state.exhausted:
                 # as react_program: the first step must act (a tool), later ones may finish
-                text, _ = await chat(http, state.messages, schema if state.steps else first, 160)
+                text, n = await chat(http, state.messages, schema if state.steps else first, 160)
                 steps += 1
+                made += n
                 act = state.parse(text)
                 if isinstance(act, Action) and act.name == FINISH:
                     answer = act.answer
@@ -113,7 +114,7 @@ async def react(url: str, n: int) -> dict[str, Any]:
             solved += last == want and str(want) in str(answer)
             transcripts.append([m["content"] for m in state.messages])
         dt = time.perf_counter() - t0
-    return {"seconds": dt, "solved": solved, "steps": steps, "texts": transcripts}
+    return {"seconds": dt, "solved": solved, "steps": steps, "tokens": made, "texts": transcripts}
 
 
 async def json8(url: str, per_client: int, clients: int = 8) -> dict[str, Any]:
@@ -239,7 +240,7 @@ def main() -> None:
             secs = [r["seconds"] for r in rs]
             line = f"{n:13s} s: {' '.join(f'{s:.1f}' for s in secs)}"
             if work == "react":
-                line += f"  solved {rs[-1]['solved']}/{args.tasks}, {rs[-1]['steps']} model calls"
+                line += f"  solved {rs[-1]['solved']}/{args.tasks}, {rs[-1]['steps']} model calls, {rs[-1]['tokens']} tokens"
             else:
                 tps = [r["tokens"] / r["seconds"] for r in rs]
                 line += f"  tok/s {' '.join(f'{x:.1f}' for x in tps)}"

@@ -119,3 +119,38 @@ def test_kill_and_swap_in_the_middle_of_forced_runs() -> None:
     backend: Any = core.backend
     for slot, kv in enumerate(backend.kv):
         assert not kv or (slot in core.cached and len(kv) == len(core.cached[slot]))
+
+
+def _costed(fixed: float, per_token: float, forced: Any, n: int) -> list[Sequence]:
+    """`n` sequences on an engine whose steps cost `fixed + per_token * tokens` seconds."""
+    from llmos.kernel.scheduler import Policy
+    from llmos.kernel.scripted import ScriptedBackend
+    from tests.test_scheduler import Clock
+
+    spent = [0.0]
+
+    def on_decode(entries: list[Any]) -> None:
+        spent[0] += fixed + per_token * sum(len(e.tokens) for e in entries)
+
+    backend = ScriptedBackend(n_slots=n, responder=responder, forced=forced, on_decode=on_decode)
+    clock = Clock()
+    core = EngineCore(backend, policy=Policy(), clock=clock, timer=lambda: spent[0])
+    seqs = [submit(core, f"Task {i}: What is 6*7?")[0] for i in range(n)]
+    run(core, clock)
+    return seqs
+
+
+def half_wrong(done: str) -> str:
+    """Forced text the model follows for 2 characters, then not."""
+    return schema_forced(done)[:2] + "#" * 6 if schema_forced(done) else ""
+
+
+def test_fast_forward_weighs_its_cost_against_the_batch() -> None:
+    # steps dominated by a fixed cost (a GPU): forcing pays even when half is rejected
+    cheap = _costed(10.0, 1.0, half_wrong, 4)
+    # steps dominated by per-token compute, 4 sequences, most forced tokens rejected:
+    # after its first tries each sequence stops appending them
+    dear = _costed(0.1, 1.0, half_wrong, 4)
+    assert sum(s.stats.forced for s in dear) < 0.5 * sum(s.stats.forced for s in cheap)
+    alone = _costed(0.1, 1.0, schema_forced, 1)  # one sequence, the model agrees: it pays
+    assert alone[0].stats.forced_kept >= 40
