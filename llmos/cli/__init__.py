@@ -341,6 +341,7 @@ from llmos.cli.eval import register as _register_eval  # noqa: E402
 from llmos.cli.fs import register as _register_fs  # noqa: E402
 from llmos.cli.mcp import register as _register_mcp  # noqa: E402
 from llmos.cli.models import register as _register_models  # noqa: E402
+from llmos.cli.plan import register as _register_plan  # noqa: E402
 from llmos.cli.remote import register as _register_remote  # noqa: E402
 
 _register_remote(app)
@@ -349,6 +350,7 @@ _register_models(app)
 _register_eval(app)
 _register_mcp(app)
 _register_app(app)
+_register_plan(app)
 
 
 def main() -> None:

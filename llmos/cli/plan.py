@@ -1,0 +1,179 @@
+"""`llmos plan`: how many slots (or replicas) a request rate needs, from a measured service
+table and queueing theory (llmos/ops/capacity.py; docs/PLAN.md)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from llmos.cli.common import fail, settings
+from llmos.errors import LlmosError
+
+if TYPE_CHECKING:
+    from llmos.ops.capacity import QueuePlan
+
+MAX_MEASURED_SLOTS = 64  # the most slots an engine may have (n_seq_max's limit)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1 or sizes[-1] > MAX_MEASURED_SLOTS:
+        raise fail(f"--sizes {text!r}: expected batch sizes such as 1,2,4 (1 to 64)")
+    return sizes
+
+
+def plan(
+    rate: Annotated[str, typer.Option("--rate", help="arrivals: 2/s, 120/min, 0.5 (per second)")],
+    model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 300,
+    output_tokens: Annotated[int, typer.Option("--output-tokens", min=1)] = 200,
+    target_p95: Annotated[
+        str | None, typer.Option("--target-p95", help="p95 wait for a slot to meet: 5s, 500ms")
+    ] = None,
+    slots: Annotated[
+        int | None, typer.Option("--slots", min=1, help="slots per engine (default: n_seq_max)")
+    ] = None,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--reuse",
+            help="measure again, or reuse a cached table measured at these request sizes",
+        ),
+    ] = False,
+    sizes: Annotated[
+        str | None, typer.Option("--sizes", help="batch sizes to measure (default: 1,2,4,.. c)")
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="runs per batch size (the median is kept)")
+    ] = 3,
+    cs2: Annotated[
+        float, typer.Option("--cs2", min=0.0, help="service time variability (SCV; 1: exponential)")
+    ] = 1.0,
+    ca2: Annotated[
+        float, typer.Option("--ca2", min=0.0, help="arrival variability (SCV; 1: Poisson)")
+    ] = 1.0,
+) -> None:  # fmt: skip
+    """Plan capacity: wait times at a request rate, and the slots a p95 target needs.
+
+    Measures seconds per request at a few batch sizes (cached in the data dir),
+    then applies M/M/c (Erlang C) with and without the batching slowdown (docs/PLAN.md)."""
+    from llmos.ops import capacity as cap
+    from llmos.ops import plan_measure as pm
+
+    try:
+        lam = cap.parse_rate(rate)
+        target = None if target_p95 is None else cap.parse_duration(target_p95)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    s = settings()
+    name = model or s.default_model
+    c = slots or s.n_seq_max
+    wanted = _sizes(sizes) if sizes else pm.default_sizes(min(c, MAX_MEASURED_SLOTS))
+
+    table = None if measure else pm.load_table(s.data_dir, name, prompt_tokens, output_tokens)
+    cached = table is not None and set(wanted) <= set(table)
+    if not cached:
+        factory = pm.settings_engine_factory(s, name, slots=max(wanted))
+        typer.echo(
+            f"measuring {name}: {prompt_tokens} prompt + {output_tokens} output tokens per "
+            f"request, batches of {','.join(map(str, wanted))}",
+            err=True,
+        )
+        try:
+            table = pm.measure_service(
+                factory, prompt_tokens, output_tokens, wanted, repeats=repeats
+            )
+        except (LlmosError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        pm.save_table(s.data_dir, name, prompt_tokens, output_tokens, table)
+    assert table is not None
+
+    s1 = cap.service_time_at(1, table)
+    s_eff = cap.effective_service_s(lam, table, c)
+    for label, sv in (("unbatched", s1), ("load-corrected", s_eff)):
+        if lam * sv >= c:
+            hint = _stable_hint(lam, table, c)
+            raise fail(
+                f"unstable: {lam:g}/s x {sv:.3g} s = {lam * sv:.2f} busy slots on average "
+                f"({label}), more than the {c} there are (utilisation {lam * sv / c:.0%})"
+                f"{hint}"
+            )
+    base = cap.mmc(lam, s1, c, cs2=cs2, ca2=ca2)
+    corr = cap.mmc(lam, s_eff, c, cs2=cs2, ca2=ca2)
+
+    where = "cached" if cached else "measured"
+    typer.echo(
+        f"{name}: {prompt_tokens} prompt + {output_tokens} output tokens per request "
+        f"({where}; the table is plan/{pm.cache_path(s.data_dir, name).name} in the data dir)"
+    )
+    typer.echo("batch  s/request")
+    for k, v in sorted(table.items()):
+        typer.echo(f"{k:5d}  {v:9.3f}")
+    kind = "M/M/c" if cs2 == 1 and ca2 == 1 else "G/G/c (Allen-Cunneen)"
+    typer.echo(f"rate {lam:g}/s on {c} slots; {kind}, unbatched vs load-corrected service")
+    _table(base, corr)
+    if target is not None:
+        _target(lam, table, c, target, s1, cs2=cs2, ca2=ca2)
+
+
+def _table(base: QueuePlan, corr: QueuePlan) -> None:
+    rows = [
+        ("service time", f"{base.service_s:.3f} s", f"{corr.service_s:.3f} s"),
+        ("utilisation", f"{base.utilisation:.1%}", f"{corr.utilisation:.1%}"),
+        ("P(wait)", f"{base.p_wait:.1%}", f"{corr.p_wait:.1%}"),
+        ("mean wait", f"{base.mean_wait_s:.3f} s", f"{corr.mean_wait_s:.3f} s"),
+        ("p95 wait", f"{base.p95_wait_s:.3f} s", f"{corr.p95_wait_s:.3f} s"),
+        ("mean response", f"{base.mean_response_s:.3f} s", f"{corr.mean_response_s:.3f} s"),
+    ]
+    typer.echo(f"{'':14}  {'unbatched':>12}  {'load-corrected':>14}")
+    for label, a, b in rows:
+        typer.echo(f"{label:14}  {a:>12}  {b:>14}")
+
+
+def _stable_hint(lam: float, table: dict[int, float], c: int) -> str:
+    """What would serve an unstable load: more slots, else replicas of `c` slots."""
+    from llmos.ops import capacity
+
+    need = capacity.load_corrected_slots_needed(lam, table, math.inf)
+    if need is not None:
+        return f"; {need} slots would serve it"
+    reps = capacity.replicas_needed(lam, table, c, math.inf)
+    return f"; {reps} replicas of {c} slots would serve it" if reps is not None else ""
+
+
+def _slots(n: int | None) -> str:
+    return "no slot count up to the limit" if n is None else f"{n} slots"
+
+
+def _target(
+    lam: float,
+    table: dict[int, float],
+    c: int,
+    target: float,
+    s1: float,
+    *,
+    cs2: float,
+    ca2: float,
+) -> None:
+    """The slots the p95 target needs, and replicas of `c` slots when one engine can't."""
+    from llmos.ops import capacity
+
+    plain = capacity.slots_needed(lam, s1, target, cs2=cs2, ca2=ca2)
+    corrected = capacity.load_corrected_slots_needed(lam, table, target, cs2=cs2, ca2=ca2)
+    typer.echo(
+        f"for p95 wait <= {target:g} s: {_slots(plain)} (unbatched), "
+        f"{_slots(corrected)} (load-corrected)"
+    )
+    if corrected is None or corrected > c:
+        reps = capacity.replicas_needed(lam, table, c, target, cs2=cs2, ca2=ca2)
+        if reps is not None:
+            typer.echo(f"or {reps} replicas of {c} slots each (the rate split evenly)")

@@ -1,0 +1,186 @@
+"""Measuring the service table `llmos plan` needs: seconds per request when k requests run
+together on a real engine, for a few batch sizes k, cached as JSON in the data dir.
+
+The formulas that use the table are in `llmos/ops/capacity.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmos.core.sampling import SamplingParams
+from llmos.errors import LlmosError
+
+if TYPE_CHECKING:
+    from llmos.config import Settings
+    from llmos.kernel.engine import EngineCore, Event
+
+# A filler for prompts; each prompt starts with its own number so that no two share a
+# prefix the engine could reuse (which would make prefill look free).
+_FILLER = (
+    "The river runs past the old mill and the garden where the lantern hangs by the "
+    "window, and the harbor lights come on one by one as the evening falls. "
+)
+TIMEOUT_S = 600.0  # longest one batch may take before the measurement gives up
+
+
+def _prompt(engine: EngineCore, n_tokens: int, tag: str) -> list[int]:
+    """Exactly `n_tokens` prompt tokens that begin with `tag`."""
+    head = engine.tokenize(f"Request {tag}. ")
+    filler = engine.tokenize(_FILLER, add_special=False)
+    out = list(head)
+    while len(out) < n_tokens:
+        out.extend(filler)
+    return out[:n_tokens]
+
+
+def _run_batch(engine: EngineCore, prompts: list[list[int]], output_tokens: int) -> list[float]:
+    """Submit every prompt at once and wait; the seconds each spent from submission to its
+    last token (its time holding a slot, as all of them fit the slots)."""
+    done = threading.Event()
+    left = [len(prompts)]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def sink(events: list[Event]) -> None:
+        from llmos.kernel.engine import DoneEvent
+
+        for ev in events:
+            if isinstance(ev, DoneEvent):
+                with lock:
+                    if ev.reason not in ("stop", "length"):
+                        errors.append(f"{ev.reason}: {ev.error}")
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+    params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
+    t0 = time.perf_counter()
+    seqs = [engine.submit(p, params, sink=sink) for p in prompts]
+    if not done.wait(TIMEOUT_S):
+        raise LlmosError(f"measuring {len(prompts)} requests took over {TIMEOUT_S:.0f} s")
+    if errors:
+        raise LlmosError(f"a measurement request failed ({errors[0]})")
+    wall = time.perf_counter() - t0
+    # a sequence's own stats (the engine's clock); the batch's wall time if one lacks them
+    return [
+        s.stats.finished - s.stats.submitted if s.stats.finished is not None else wall for s in seqs
+    ]
+
+
+def measure_service(
+    engine_factory: Callable[[], EngineCore],
+    prompt_tokens: int,
+    output_tokens: int,
+    sizes: list[int],
+    *,
+    repeats: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, float]:
+    """{k: mean seconds per request when k requests of `prompt_tokens` prompt tokens and
+    `output_tokens` output tokens (greedy, no early end) are submitted together}, for each
+    k in `sizes`. Each k is no more than the engine's slots, so none waits for a slot and
+    the figure is pure service time at concurrency k. One warm-up request runs first
+    (the first decode pays for allocations a steady engine does not). The engine is made
+    by `engine_factory`, started if it is not, and closed at the end; `progress(k)` is
+    called before each size is measured. With `repeats` > 1 each size is run that many
+    times and the median kept: a machine busy with other work stalls a run now and then,
+    and one stall would otherwise become the figure."""
+    if prompt_tokens < 1 or output_tokens < 1 or repeats < 1:
+        raise ValueError("prompt and output sizes and repeats must be at least 1")
+    engine = engine_factory()
+    try:
+        engine.start()
+        slots = len(engine.slots)
+        if any(k < 1 or k > slots for k in sizes):
+            raise ValueError(f"batch sizes must be between 1 and the engine's {slots} slots")
+        _run_batch(engine, [_prompt(engine, prompt_tokens, "warm-up")], min(output_tokens, 4))
+        table: dict[int, float] = {}
+        for k in sorted(set(sizes)):
+            if progress is not None:
+                progress(k)
+            runs = []
+            for r in range(repeats):
+                prompts = [_prompt(engine, prompt_tokens, f"{k}-{r}-{j}") for j in range(k)]
+                times = _run_batch(engine, prompts, output_tokens)
+                runs.append(sum(times) / len(times))
+            table[k] = statistics.median(runs)
+        return table
+    finally:
+        engine.close()
+
+
+def default_sizes(slots: int) -> list[int]:
+    """Batch sizes worth measuring up to `slots`: 1, 2, 4, ... and `slots` itself."""
+    out, k = [], 1
+    while k < slots:
+        out.append(k)
+        k *= 2
+    return [*out, slots]
+
+
+# -- the cache ----------------------------------------------------------------------------
+def cache_path(data_dir: Path, model: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in model)
+    return data_dir / "plan" / f"{safe}.json"
+
+
+def load_table(
+    data_dir: Path, model: str, prompt_tokens: int, output_tokens: int
+) -> dict[int, float] | None:
+    """The cached table for `model`, if it was measured at these prompt and output sizes."""
+    path = cache_path(data_dir, model)
+    try:
+        data: Any = json.loads(path.read_text())
+        if data["prompt_tokens"] != prompt_tokens or data["output_tokens"] != output_tokens:
+            return None
+        table = {int(k): float(v) for k, v in data["table"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # absent or unreadable: measure again
+    return table or None
+
+
+def save_table(
+    data_dir: Path, model: str, prompt_tokens: int, output_tokens: int, table: dict[int, float]
+) -> Path:
+    path = cache_path(data_dir, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "model": model,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "table": {str(k): v for k, v in sorted(table.items())},
+        "measured_at": time.time(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def settings_engine_factory(
+    settings: Settings, model: str, slots: int | None = None
+) -> Callable[[], EngineCore]:
+    """An engine for `model` built from `settings` as the kernel builds one (threads,
+    batching, KV type), owned by the caller: closing it frees the model. With `slots`,
+    it has that many slots, each with the context a configured slot has (to measure
+    batches larger than the configured `n_seq_max`)."""
+
+    def make() -> EngineCore:
+        from llmos.kernel.models import ModelLibrary, ModelManager
+
+        # keep_alive 0: no reaper thread; the manager is dropped and the engine is ours
+        update: dict[str, Any] = {"keep_alive_s": 0}
+        if slots is not None and slots != settings.n_seq_max:
+            per_slot = settings.n_ctx // settings.n_seq_max
+            update |= {"n_seq_max": slots, "n_ctx": per_slot * slots}
+        quiet = settings.model_copy(update=update)
+        return ModelManager(quiet, ModelLibrary(settings.data_dir)).get(model)
+
+    return make
