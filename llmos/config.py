@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     embed_model: str = Field(
         "all-MiniLM-L6-v2", description="sentence-transformers model for memory"
     )
+    chroma_url: str = Field(
+        "",
+        pattern=r"^(https?://\S+)?$",
+        description="a Chroma server for the memory index, e.g. http://127.0.0.1:8123, that "
+        'several kernels may share ("": the embedded store in the data dir; docs/DEPLOY.md)',
+    )
     mount_max_file_bytes: int = Field(
         10 * 1024 * 1024,
         ge=0,

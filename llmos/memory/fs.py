@@ -17,12 +17,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from llmos.errors import NothingIndexed, PermissionDenied
-from llmos.memory.index import Embedder, Index
+from llmos.memory.index import Embedder, Index, SharedChunks, kernel_id, open_client, shared_name
 from llmos.memory.mounts import Mounts
 from llmos.memory.paths import TOP_LEVEL, ancestors, is_under, normalize, parent, scope_key
 from llmos.memory.procfs import ProcView
@@ -52,12 +52,16 @@ class MemoryFS:
         embedder: Any = None,
         embed_model: str = "all-MiniLM-L6-v2",
         clock: Callable[[], float] = time.time,
+        chroma_url: str = "",
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._embedder = embedder
         self._embed_model = embed_model
+        # "": Chroma embedded in `directory/chroma`; a URL: a server other kernels may share
+        self.chroma_url = chroma_url
         self._index: Index | None = None
+        self._shared: SharedChunks | None = None
         # The kernel's process view under /proc (set by `kernel.memory`); None: /proc
         # is an empty directory.
         self.proc: ProcView | None = None
@@ -65,7 +69,7 @@ class MemoryFS:
         self._watchers: list[Callable[[str, int, int], None]] = []
         self.store = Store(self.directory / "memory.db", clock)
         self.db = self.store.db  # for reads that go to the tables directly
-        self._sync = IndexSync(self.store, lambda: self.index, self._report)
+        self._sync = IndexSync(self.store, lambda: self.index, self._report, lambda: self.shared)
         self._mounts = Mounts(self.store, self._sync, self._report)
         # Index sync and mounts live in their own modules; bound here, with their full
         # signatures and docs, so callers keep `fs.fsck()`, `fs.mount(...)` and the rest.
@@ -101,12 +105,28 @@ class MemoryFS:
 
     @property
     def index(self) -> Index:
-        """The Chroma index, opened (and MiniLM loaded) on first use."""
+        """The Chroma index of this kernel's files, opened on first use (MiniLM loads on the
+        first embed). On a Chroma server, mounted files are in `shared` instead."""
         if self._index is None:
             if self._embedder is None:
                 self._embedder = Embedder(self._embed_model)
-            self._index = Index(self.directory / "chroma", self._embedder)
+            if not self.chroma_url:
+                self._index = Index(self.directory / "chroma", self._embedder)
+            else:
+                client = open_client(self.directory, self.chroma_url)
+                name = f"llmos-k-{kernel_id(self.directory)}"
+                url = self.chroma_url
+                embedder = self._embedder
+                self._shared = SharedChunks(client, embedder, shared_name(embedder), url)
+                self._index = Index(self.directory, embedder, name, client=client, url=url)
         return self._index
+
+    @property
+    def shared(self) -> SharedChunks | None:
+        """The server's collection of mounted chunks, keyed by content and shared with
+        other kernels (`SharedChunks`); None with the embedded index."""
+        _ = self.index
+        return self._shared
 
     def _check(self, user: str, path: str, bit: int, verb: str) -> None:
         """`bit` (4 read, 2 write) on the node or, if absent, its nearest existing parent;
@@ -393,6 +413,16 @@ class MemoryFS:
         self.sync_index()
         index = self.index
         vector = index.embedder.embed([query])[0]
+        shared = self._shared
+        if shared is None or not (root == "/" or is_under(root, "/mnt")):
+            return self._search_own(index, vector, root, k, user)
+        hits = self._search_shared(shared, vector, root, k, user)
+        if root == "/":  # both collections: merged by score (both are cosine, one model)
+            hits += self._search_own(index, vector, root, k, user)
+            hits.sort(key=lambda h: h.score, reverse=True)
+        return hits[:k]
+
+    def _search_own(self, index: Index, vector: Any, root: str, k: int, user: str) -> list[Hit]:
         scope = scope_key(root)
         where: dict[str, Any] | None = {"scope": scope} if root.count("/") >= 2 else None
         if root.count("/") == 1 and root != "/":
@@ -423,6 +453,52 @@ class MemoryFS:
             return keep(index.query(vector, min(fetch, total), where))[:k]
         texts = index.texts([cid for cid, _, _, _ in near])
         return [Hit(p, score, texts.get(cid, ""), chunk) for cid, p, score, chunk in near]
+
+    def _search_shared(
+        self, shared: SharedChunks, vector: Any, root: str, k: int, user: str
+    ) -> list[Hit]:
+        """Chunks of mounted texts this kernel holds under `root`. The shared collection
+        also holds other kernels' texts: a chunk is shown only under a path of ours whose
+        text it is, so nothing of theirs shows. The nearest chunks overall are tried first;
+        when too few are ours, the search is filtered by our texts' hashes."""
+        total = shared.count()
+        if total == 0:
+            return []
+
+        def ours(rows: list[tuple[str, str, float, int]]) -> list[tuple[str, Hit]]:
+            held = self._holders(sorted({sha for _, sha, _, _ in rows}), root)
+            return [
+                (cid, Hit(p, score, "", chunk))
+                for cid, sha, score, chunk in rows
+                for p in held.get(sha, [])
+                if user == ROOT or self._visible(user, p)
+            ]
+
+        wide = min(max(k * 16, 40), total)
+        found = ours(shared.nearest(vector, wide))
+        if len(found) < k and wide < total:
+            shas = sorted(self._holders(None, root))
+            found = ours(shared.nearest(vector, min(k * 4, total), shas)) if shas else []
+        found = found[:k]
+        texts = shared.texts(sorted({cid for cid, _ in found}))
+        return [replace(hit, text=texts.get(cid, "")) for cid, hit in found]
+
+    def _holders(self, shas: list[str] | None, root: str) -> dict[str, list[str]]:
+        """sha -> mounted files under `root` with that text (of these shas; None: all)."""
+        base = "/mnt" if root == "/" else root
+        prefix = base.rstrip("/") + "/"
+        sql = (
+            "SELECT path, sha FROM nodes WHERE kind = 'file' AND length(content) > 0 "
+            "AND (path = ? OR substr(path, 1, ?) = ?)"
+        )
+        args: list[Any] = [base, len(prefix), prefix]
+        out: dict[str, list[str]] = {}
+        batches = [None] if shas is None else [shas[i : i + 500] for i in range(0, len(shas), 500)]
+        for part in batches:
+            q = sql if part is None else sql + f" AND sha IN ({','.join('?' * len(part))})"
+            for r in self.db.execute(q + " ORDER BY path", args + list(part or [])):
+                out.setdefault(str(r["sha"]), []).append(str(r["path"]))
+        return out
 
     def require_indexed(self, root: str = "/") -> None:
         """Raise NothingIndexed unless some file under `root` has text to index (what the

@@ -20,6 +20,10 @@ def open_embedder(kernel: KernelServices) -> Embedder:
 
 def open_memory(kernel: KernelServices) -> MemoryFS:
     """The kernel's memory filesystem, with `/proc` showing the kernel's processes."""
-    fs = MemoryFS(kernel.settings.data_dir / "memory", embedder=kernel.service(open_embedder))
+    fs = MemoryFS(
+        kernel.settings.data_dir / "memory",
+        embedder=kernel.service(open_embedder),
+        chroma_url=kernel.settings.chroma_url,
+    )
     fs.proc = ProcView(lambda: dict(kernel.procs))
     return fs
