@@ -9,7 +9,12 @@
    speed (first token to last) with drafting forced on and off, and how many of the four
    answers are the same text.
 
-    python benchmarks/probe_costs.py [--what adapter|verify|both] [--flash-attn auto]
+3. **Fast-forward** (`--what ff`): one ReAct step (the action schema of `calc`, the agent's
+   143-token prompt), greedy, token by token and fast-forwarded: the prompt's prefill, each
+   decode step's size and time; and the time of one greedy sample under the grammar with
+   the grammar first in the chain (as plain llama.cpp) and checked last (llmos).
+
+    python benchmarks/probe_costs.py [--what adapter|verify|ff|all] [--flash-attn auto]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import model_path, threads
 from bench_adapters import random_adapter
@@ -111,15 +117,75 @@ async def verify_costs(flash_attn: str) -> None:
     print(f"  drafted {drafted}, accepted {accepted}; same text {same} of {len(qs)}")
 
 
+def ff_steps() -> None:
+    from llmos.agents.react import EXAMPLE, SYSTEM, action_schema
+    from llmos.core.sampling import SamplingParams
+    from llmos.core.syscall import SyscallTable
+    from llmos.kernel.backend import BatchEntry
+    from llmos.kernel.engine import EngineCore, SeqState
+    from llmos.kernel.llama_backend import LlamaBackend
+    from llmos.tools.basic import calc
+
+    specs = [SyscallTable().register(calc)]
+    schema = action_schema(specs, finish=False)
+    system = SYSTEM.format(tools="\n".join(f"- {s.signature()}: {s.doc}" for s in specs))
+    shots = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in EXAMPLE)
+    prompt = (
+        f"<|im_start|>system\n{system}<|im_end|>\n{shots}"
+        "<|im_start|>user\nWhat is 17*23?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    b = LlamaBackend(model_path(), n_slots=1, n_ctx=2048, n_threads=threads())
+    print(f"fast-forward, one ReAct step ({len(b.tokenize(prompt))}-token prompt)")
+    orig = b.decode
+    for grammar_last in (False, True):  # the cost of one sample under the grammar
+        b.grammar_last = grammar_last
+        sampler = b.new_sampler(SamplingParams(temperature=0, json_schema=schema))
+        idx = orig([BatchEntry(0, b.tokenize(prompt), 0, True)])[0]
+        t0 = time.perf_counter()
+        b.sample(sampler, idx)
+        dt = time.perf_counter() - t0
+        b.free_sampler(sampler)
+        b.seq_rm(0)
+        print(f"  first sample, grammar {'last' if grammar_last else 'first'}: {dt * 1e3:.2f} ms")
+    for ff in (False, True, False, True):
+        core = EngineCore(b, fast_forward=ff)
+        steps: list[tuple[int, float]] = []
+
+        def timed(entries: list[Any], steps: list[tuple[int, float]] = steps) -> list[int]:
+            t0 = time.perf_counter()
+            out = orig(entries)
+            steps.append((sum(len(e.tokens) for e in entries), time.perf_counter() - t0))
+            return out
+
+        b.decode = timed  # type: ignore[method-assign]
+        params = SamplingParams(temperature=0, max_tokens=100, json_schema=schema)
+        seq = core.submit(prompt, params, sink=lambda e: None)
+        t0 = time.perf_counter()
+        while seq.state is not SeqState.DONE:
+            core.step()
+        total = time.perf_counter() - t0
+        b.decode = orig  # type: ignore[method-assign]
+        b.seq_rm(0)
+        ones = [x for n, x in steps[1:] if n == 1]
+        multi = ", ".join(f"{n} tokens {x * 1e3:.1f} ms" for n, x in steps[1:] if n > 1)
+        print(
+            f"  fast-forward {'on ' if ff else 'off'}: {total * 1e3:.0f} ms; prefill "
+            f"{steps[0][1] * 1e3:.0f} ms; {len(ones)} one-token steps, median "
+            f"{statistics.median(ones) * 1e3:.1f} ms; {multi or 'no bigger steps'}; {seq.text}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--what", choices=["adapter", "verify", "both"], default="both")
+    ap.add_argument("--what", choices=["adapter", "verify", "ff", "all"], default="all")
     ap.add_argument("--flash-attn", default="auto")
     a = ap.parse_args()
-    if a.what in ("adapter", "both"):
+    if a.what in ("adapter", "all"):
         adapter_steps()
-    if a.what in ("verify", "both"):
+    if a.what in ("verify", "all"):
         asyncio.run(verify_costs(a.flash_attn))
+    if a.what in ("ff", "all"):
+        ff_steps()
 
 
 if __name__ == "__main__":
