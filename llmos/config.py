@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_config_dir, user_data_dir
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,7 +53,14 @@ class McpServer(BaseModel):
     command: list[str] | None = Field(
         None, description="the stdio server's command line (executable, then arguments)"
     )
-    url: str | None = Field(None, description="a Streamable HTTP server's URL (not supported yet)")
+    url: str | None = Field(
+        None, pattern=r"^https?://\S+$", description="a Streamable HTTP server's URL"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="HTTP headers for a URL server (e.g. Authorization); a value `$NAME` "
+        "is read from the environment variable NAME when the server is started",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="environment variables for the server, over a small safe set",
@@ -63,6 +70,14 @@ class McpServer(BaseModel):
         default_factory=dict, description="approval per tool name, over `approval`"
     )
     timeout_s: float = Field(30.0, gt=0, description="longest a start, listing or call may take")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give a command (a stdio server) or a url (HTTP), not both or neither")
+        if self.command is not None and not self.command:
+            raise ValueError("the command is empty")
+        return self
 
 
 class Settings(BaseSettings):
@@ -170,6 +185,11 @@ class Settings(BaseSettings):
         10 * 1024 * 1024,
         ge=0,
         description="largest host file a mount reads (larger: skipped as too large; 0: no cap)",
+    )
+    app_index: str = Field(
+        "",
+        description="an app index besides the built-in one, for `llmos app search` and "
+        '`llmos app install NAME`: a JSON file\'s path or an http(s) URL ("": none; docs/APPS.md)',
     )
     # -- `llmos serve`: the REST daemon ------------------------------------------------
     server_host: str = Field(

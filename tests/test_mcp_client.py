@@ -181,7 +181,7 @@ def test_import_a_host_config_and_list(tmp_path: Path) -> None:
             {
                 "mcpServers": {
                     "time": {"command": TIME[0], "args": TIME[1:], "env": {"TZ": "UTC"}},
-                    "remote": {"url": "https://example.invalid/mcp"},
+                    "remote": {"type": "sse", "url": "https://example.invalid/sse"},
                 }
             }
         )

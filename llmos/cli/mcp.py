@@ -65,9 +65,21 @@ def _store(servers: dict[str, McpServer]) -> Path:
 def add(
     name: Annotated[str, typer.Argument(help="the server's name: its tools are mcp.NAME.TOOL")],
     command: Annotated[
-        list[str],
-        typer.Argument(help="after --: the server's command line", metavar="-- COMMAND..."),
-    ],
+        list[str] | None,
+        typer.Argument(help="after --: a stdio server's command line", metavar="-- COMMAND..."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="a Streamable HTTP server's URL (no command)")
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            "-H",
+            metavar="KEY=VALUE",
+            help="an HTTP header for --url (repeat); VALUE $NAME reads the variable NAME at start",
+        ),
+    ] = None,
     env: Annotated[
         list[str] | None,
         typer.Option("--env", "-e", metavar="KEY=VALUE", help="an environment variable (repeat)"),
@@ -79,7 +91,8 @@ def add(
         float, typer.Option("--timeout", min=0.1, help="seconds a start or call may take")
     ] = 30.0,
 ) -> None:
-    """Add (or replace) a stdio MCP server: `llmos mcp add time -- uvx mcp-server-time`."""
+    """Add (or replace) an MCP server: a stdio one, `llmos mcp add time -- uvx
+    mcp-server-time`, or a Streamable HTTP one, `llmos mcp add docs --url URL`."""
     from pydantic import ValidationError
 
     from llmos.config import McpServer
@@ -89,14 +102,22 @@ def add(
         check_name(name)
     except LlmosError as exc:
         raise fail(str(exc)) from None
+    if bool(command) == (url is not None):
+        raise fail("give the server's command after --, or --url, not both")
     pairs = [e.partition("=") for e in env or []]
-    if any(not k or not sep for k, sep, _ in pairs):
-        raise fail("--env takes KEY=VALUE")
-    _check_command(name, command)
+    heads = [h.partition("=") for h in header or []]
+    if any(not k or not sep for k, sep, _ in [*pairs, *heads]):
+        raise fail("--env and --header take KEY=VALUE")
+    if heads and url is None:
+        raise fail("--header is for a --url server")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise fail(f"--url must be an http:// or https:// URL, not {url!r}")
+    if command:
+        _check_command(name, command)
     try:
         server = McpServer.model_validate(
-            {"command": command, "env": dict((k, v) for k, _, v in pairs),
-             "approval": approval, "timeout_s": timeout}
+            {"command": command or None, "url": url, "env": {k: v for k, _, v in pairs},
+             "headers": {k: v for k, _, v in heads}, "approval": approval, "timeout_s": timeout}
         )  # fmt: skip
     except ValidationError as exc:
         raise fail(f"bad MCP server {name!r}: {exc.errors()[0]['msg']}") from None
@@ -111,7 +132,20 @@ def _from_host_config(name: str, entry: Any) -> McpServer | str:
     if not isinstance(entry, dict):
         return "not an object"
     if "command" not in entry:
-        return "not a stdio server (no command): only stdio servers are supported"
+        kind = str(entry.get("type") or entry.get("transport") or "http").lower()
+        if "url" not in entry:
+            return "neither a command nor a url"
+        if kind == "sse":
+            return "an SSE server: only stdio and Streamable HTTP servers are supported"
+        headers = entry.get("headers") or {}
+        if not isinstance(entry["url"], str) or not isinstance(headers, dict):
+            return "url must be a string and headers an object"
+        try:
+            return McpServer.model_validate(
+                {"url": entry["url"], "headers": {k: str(v) for k, v in headers.items()}}
+            )
+        except ValueError as exc:
+            return f"bad url: {' '.join(str(exc).split())[:200]}"
     args = entry.get("args") or []
     env = entry.get("env") or {}
     if not isinstance(entry["command"], str) or not isinstance(args, list):
@@ -128,7 +162,8 @@ def _from_host_config(name: str, entry: Any) -> McpServer | str:
 def import_(
     file: Annotated[Path, typer.Argument(help="a Claude Desktop or Cursor MCP config file")],
 ) -> None:
-    """Add the stdio servers of a `{"mcpServers": {...}}` file (Claude Desktop, Cursor)."""
+    """Add the servers of a `{"mcpServers": {...}}` file (Claude Desktop, Cursor, llama-server):
+    stdio ones (`command`) and Streamable HTTP ones (`url`)."""
     from llmos.mcp.store import NAME
 
     try:
@@ -148,7 +183,7 @@ def import_(
         else:
             found[name] = server
     if not found:
-        raise fail(f"{file}: no stdio MCP server to import")
+        raise fail(f"{file}: no stdio or HTTP MCP server to import")
     path = _store(found)
     typer.echo(f"imported {', '.join(sorted(found))} to {path}")
 

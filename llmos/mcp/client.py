@@ -2,7 +2,8 @@
 
     McpClients      the kernel service (`kernel.service(open_mcp)`) that owns one session
                     per configured server, and stops them all at kernel shutdown
-    McpSession      one stdio server: started on first use, restarted after a crash (on
+    McpSession      one server (stdio, or Streamable HTTP at a URL): started (connected)
+                    on first use, restarted after a crash or a lost connection (on
                     the next call, after a short backoff), each call cut at `timeout_s`
     register_tools  the boot-time provider's work: list each server's tools and register
                     them, with their JSON schemas, capability `mcp.NAME.TOOL` and approval
@@ -17,14 +18,18 @@ crashed, or a malformed result, is `ToolFailed`; a call past its time, `ToolTime
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcp import Client, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from llmos import __version__
@@ -63,7 +68,8 @@ class ServerState(enum.Enum):
 
 
 class McpSession:
-    """One MCP server over stdio, started on first use; its stderr goes to `errlog_path`."""
+    """One MCP server, over stdio (its stderr goes to `errlog_path`) or Streamable HTTP,
+    connected on first use."""
 
     def __init__(self, name: str, config: McpServer, errlog_path: Path) -> None:
         self.name = name
@@ -94,13 +100,10 @@ class McpSession:
             return await self._start()
 
     async def _start(self) -> Client:
-        command = self.config.command
-        if not command:
-            raise self._failed("is not a stdio server (no command): only those are supported yet")
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Client] = loop.create_future()
         self._stop = asyncio.Event()
-        self._task = loop.create_task(self._run(command, ready), name=f"mcp-{self.name}")
+        self._task = loop.create_task(self._run(ready), name=f"mcp-{self.name}")
         waiters: set[asyncio.Future[Any]] = {ready, self._task}
         done, _ = await asyncio.wait(
             waiters, timeout=self.config.timeout_s, return_when="FIRST_COMPLETED"
@@ -116,16 +119,26 @@ class McpSession:
         await self._reap()
         raise self._failed(f"could not start: {one_line(exc or 'it exited')}")
 
-    async def _run(self, command: list[str], ready: asyncio.Future[Client]) -> None:
-        params = StdioServerParameters(
-            command=command[0], args=command[1:], env=dict(self.config.env) or None
-        )
+    async def _run(self, ready: asyncio.Future[Client]) -> None:
         info = types.Implementation(name="llmos", version=__version__)
         try:
             self.errlog_path.parent.mkdir(parents=True, exist_ok=True)
             with self.errlog_path.open("a", encoding="utf-8") as errlog:
-                transport = stdio_client(params, errlog=errlog)
-                async with Client(transport, mode="legacy", client_info=info) as client:
+                async with contextlib.AsyncExitStack() as stack:
+                    if self.config.url is not None:  # Streamable HTTP
+                        http = await stack.enter_async_context(
+                            create_mcp_http_client(headers=self._headers())
+                        )
+                        transport: Any = streamable_http_client(self.config.url, http_client=http)
+                    else:
+                        command = self.config.command or []
+                        params = StdioServerParameters(
+                            command=command[0], args=command[1:], env=dict(self.config.env) or None
+                        )
+                        transport = stdio_client(params, errlog=errlog)
+                    client = await stack.enter_async_context(
+                        Client(transport, mode="legacy", client_info=info)
+                    )
                     if not ready.done():
                         ready.set_result(client)
                     await self._stop.wait()
@@ -134,6 +147,19 @@ class McpSession:
                 ready.set_exception(exc)
             else:
                 log.info("MCP server %s closed: %s", self.name, one_line(exc))
+
+    def _headers(self) -> dict[str, str]:
+        """The configured headers, a `$NAME` value read from the environment now (a key
+        stays out of the config file); a variable that is not set fails the start."""
+        out = {}
+        for key, value in self.config.headers.items():
+            if value.startswith("$"):
+                found = os.environ.get(value[1:])
+                if found is None:
+                    raise ValueError(f"header {key} needs the environment variable {value[1:]}")
+                value = found
+            out[key] = value
+        return out
 
     async def _reap(self) -> None:
         """End the session's task (closing the server's pipes; the SDK terminates it)."""

@@ -14,6 +14,9 @@ from llmos.server.security import check_bind
 def _config(app: Any, **kw: Any) -> Any:
     import uvicorn
 
+    # a client holding a stream open (an MCP client's GET stream, an SSE chat) would keep a
+    # graceful shutdown waiting for ever: after 5 s the open connections are closed
+    kw.setdefault("timeout_graceful_shutdown", 5)
     return uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **kw)
 
 
