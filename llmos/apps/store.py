@@ -31,6 +31,8 @@ RISKS = ("low", "medium", "high")
 EXTRA_CAPABILITIES = {"net": "high", "host.read": "high", "admin.proc": "medium"}
 # Patterns a future MCP client's tools will carry; not checked against anything yet.
 UNCHECKED_PREFIX = "mcp."
+# What an install leaves out of the app folder's copy (and its digest, apps/index.py).
+NOT_COPIED = ("__pycache__", "*.pyc", ".git")
 
 
 class AppError(UserError):
@@ -103,6 +105,9 @@ class Staged:
     tmp: Path
     manifest: Manifest
     source: Path
+    # What install.json records as where it came from (and `update` fetches again): the
+    # folder, or an archive, `git+` URL or `index:NAME` it was unpacked from (apps/index.py).
+    record: str = ""
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -173,21 +178,29 @@ class AppStore:
         )  # fmt: skip
 
     # -- staging ------------------------------------------------------------------------
-    def stage(self, path: str | Path) -> Staged:
+    def stage(self, path: str | Path, *, record: str | None = None) -> Staged:
         """Copy the app folder at `path` beside the installed apps and check it: its
-        manifest, that each capability it asks for exists, and that each entry imports."""
-        from llmos.kernel.loader import ProgramError, load_program
-
+        manifest, that each capability it asks for exists, and that each entry imports.
+        `record` is where it came from when `path` is a temporary unpacked copy: errors
+        and install.json name that instead of the copy."""
         src = Path(path).expanduser().resolve()
         if src.is_file() and src.name == MANIFEST:
             src = src.parent
+        if record is None:
+            return self._stage(src, str(src))
+        try:
+            return self._stage(src, record)
+        except UserError as exc:  # name where it came from, not the temporary copy
+            raise type(exc)(str(exc).replace(str(src), record)) from None
+
+    def _stage(self, src: Path, record: str) -> Staged:
+        from llmos.kernel.loader import ProgramError, load_program
+
         load_manifest(src)  # a bad manifest fails before anything is copied
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
-            shutil.copytree(
-                src, tmp / "app", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git")
-            )
+            shutil.copytree(src, tmp / "app", ignore=shutil.ignore_patterns(*NOT_COPIED))
             manifest = load_manifest(tmp / "app")
             known = known_capabilities()
             for cap in manifest.capabilities:
@@ -205,7 +218,7 @@ class AppStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Staged(tmp, manifest, src)
+        return Staged(tmp, manifest, src, record)
 
     # -- changing -----------------------------------------------------------------------
     def install(self, staged: Staged, decision: Decision) -> InstalledApp:
@@ -215,7 +228,7 @@ class AppStore:
             staged.discard()
             raise AppError(f"{name} is already installed (llmos app update {name})")
         now = time.time()
-        self._write_state(staged.tmp, staged.source, decision, now, now)
+        self._write_state(staged.tmp, staged.record or str(staged.source), decision, now, now)
         os.replace(staged.tmp, target)  # one rename: installed, or not at all
         return self.get(name)
 
@@ -227,7 +240,9 @@ class AppStore:
                 f"that folder holds app {staged.manifest.name!r}, not {name!r} (names are "
                 "identities: install it as a new app instead)"
             )
-        self._write_state(staged.tmp, staged.source, decision, old.installed, time.time())
+        self._write_state(
+            staged.tmp, staged.record or str(staged.source), decision, old.installed, time.time()
+        )
         retired = self.root / f".retired-{name}-{os.getpid()}"
         os.replace(old.dir, retired)
         try:
@@ -271,10 +286,10 @@ class AppStore:
             fs.close()
 
     def _write_state(
-        self, d: Path, source: Path, decision: Decision, installed: float, updated: float
+        self, d: Path, source: str, decision: Decision, installed: float, updated: float
     ) -> None:
         state = {
-            "source": str(source), "granted": decision.granted, "denied": decision.denied,
+            "source": source, "granted": decision.granted, "denied": decision.denied,
             "installed": installed, "updated": updated,
         }  # fmt: skip
         _atomic_write(d / STATE, json.dumps(state, indent=2))

@@ -54,9 +54,14 @@ def _get(name: str) -> InstalledApp:
         raise fail(str(exc)) from None
 
 
-def _stage(store: AppStore, path: str | Path) -> Staged:
+def _stage(store: AppStore, source: str) -> Staged:
+    """Stage what `source` names: a folder, an archive or wheel, a git+ URL, or an index
+    name (apps/index.py fetches, checks its sha256 and unpacks it into a temporary folder)."""
+    from llmos.apps.index import materialize
+
     try:
-        return store.stage(path)
+        with materialize(source, settings().app_index) as local:
+            return store.stage(local.path, record=local.record)
     except LlmosError as exc:
         raise fail(str(exc)) from None
 
@@ -110,7 +115,14 @@ def _summary(verb: str, app: InstalledApp) -> None:
 
 @app_app.command("install")
 def install(
-    path: Annotated[Path, typer.Argument(help="the app folder (holding llmos-app.toml)")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="an app folder (holding llmos-app.toml), an archive of one (.tar.gz, .zip), "
+            "a wheel (.whl), a git+https:// URL, or a NAME from the index (llmos app search)",
+            metavar="PATH|NAME|URL",
+        ),
+    ],
     yes: YesOpt = False,
     grant: GrantOpt = None,
     deny: DenyOpt = None,
@@ -119,7 +131,7 @@ def install(
     from llmos.apps.store import decide
 
     store = _store()
-    staged = _stage(store, path)
+    staged = _stage(store, source)
     try:
         decision = decide(staged.manifest.capabilities, yes=yes, grant=grant or (), deny=deny or ())
         if (store.root / staged.manifest.name).exists():
@@ -139,8 +151,13 @@ def install(
 @app_app.command("update")
 def update(
     name: str,
-    path: Annotated[
-        Path | None, typer.Argument(help="the new folder (default: the one it came from)")
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="the new folder, archive, wheel, git+ URL or index:NAME "
+            "(default: where it came from)",
+            metavar="[PATH|URL]",
+        ),
     ] = None,
     yes: YesOpt = False,
     grant: GrantOpt = None,
@@ -151,7 +168,7 @@ def update(
 
     old = _get(name)
     store = _store()
-    staged = _stage(store, path or old.source)
+    staged = _stage(store, source or old.source)
     try:
         decision = decide(
             staged.manifest.capabilities, yes=yes, grant=grant or (), deny=deny or (),
@@ -164,6 +181,45 @@ def update(
     finally:
         staged.discard()
     _summary(f"updated ({old.manifest.version} ->)", updated)
+
+
+@app_app.command("search")
+def search(
+    words: Annotated[
+        list[str] | None, typer.Argument(help="words its name or description must all hold")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apps to install by name: the built-in ones, installed packages', and the app_index's."""
+    from llmos.apps.index import search as search_index
+
+    try:
+        found = search_index(words or [], settings().app_index)
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps([x.as_dict() for x in found], indent=2))
+        return
+    if not found:
+        typer.echo("no app matches" if words else "no apps in the index")
+        return
+    rows = [("NAME", "VERSION", "FROM", "DESCRIPTION")]
+    rows += [(x.name, x.version, x.origin, x.description) for x in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
+
+
+@app_app.command("digest")
+def digest(
+    path: Annotated[Path, typer.Argument(help="an app archive, wheel or folder")],
+) -> None:
+    """The sha256 an index entry pins for PATH (a folder: over its files, docs/APPS.md)."""
+    from llmos.apps.index import digest as digest_of
+
+    if not path.exists():
+        raise fail(f"{path}: no such file or folder")
+    typer.echo(digest_of(path))
 
 
 @app_app.command("list")
