@@ -175,3 +175,10 @@ def test_research_asks_each_document_in_a_worker_and_merges(real_model_path: Pat
     assert [w[:4] for w in workers] == [(parent, 0, "exit", 1)] * 3, workers
     assert all(w[4] == '["ipc", "llm.chat"]' for w in workers), workers  # only what they use
     assert dict(audit) == {"llm.chat": 3, "ipc.send": 3}, audit
+    db2 = sqlite3.connect(load_settings().data_dir / "kernel.db")
+    spawned = db2.execute(
+        "SELECT count(*) FROM audit a JOIN procs p ON a.boot = p.boot AND a.pid = p.pid "
+        "WHERE p.name = 'research' AND a.syscall = 'proc.spawn' AND a.outcome = 'ok'"
+    ).fetchone()[0]
+    db2.close()
+    assert spawned == 3  # through proc.spawn, as the app's program research.worker

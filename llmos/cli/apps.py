@@ -335,7 +335,8 @@ def run(
         typer.Argument(help="[ENTRY] then arguments for main(ctx, *args); ENTRY if it names one"),
     ] = None,
 ) -> None:
-    """Run an app's entry as a process named after the app, with exactly its grants."""
+    """Run an app's entry as a process named after the app, with exactly its grants. Its
+    entries are also programs `APP.ENTRY` that it may start as children (`proc.spawn`)."""
     from llmos.kernel.loader import ProgramError, load_program
 
     a = _get(name)
@@ -343,12 +344,14 @@ def run(
     entry = rest.pop(0) if rest and rest[0] in a.manifest.entries else None
     try:
         main = load_program(a.entry_file(entry))
+        programs = {f"{a.name}.{e}": load_program(a.entry_file(e)) for e in a.manifest.entries}
     except (ProgramError, LlmosError) as exc:
         raise fail(str(exc)) from None
     model = a.manifest.models[0] if a.manifest.models else None
 
     async def start(k: Kernel) -> Process:
         k.syscalls.approver = terminal_approver()
+        k.programs.update(programs)
         return await k.spawn(main, *rest, name=a.name, model=model, caps=list(a.granted))
 
     run_streamed(start)

@@ -7,15 +7,11 @@ from typing import Any
 
 from llmos.core.context import Context
 from llmos.core.syscall import capability_allows
-from llmos.errors import PermissionDenied, SyscallError
+from llmos.errors import SyscallError
 
 MAX_DOCS = 8
 MAX_CHARS = 2000  # of each document: the default model's context is small
 WORKER_CAPS = ("llm.chat", "ipc")
-ANSWER = (
-    "Document {path}:\n\n{text}\n\nUsing only this document, answer in one sentence: "
-    "{question}\nIf it does not say, answer: not mentioned."
-)
 MERGE = (
     "Question: {question}\n\nAnswers found in several documents:\n{answers}\n\n"
     "Combine them into one short answer."
@@ -27,16 +23,6 @@ async def chat(ctx: Context, prompt: str) -> str:
         messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=64, stream=False
     )
     return " ".join(str(r.text).split())
-
-
-async def worker(ctx: Context, parent: int, path: str, question: str, text: str) -> int:
-    """One document's answer, sent to the parent as {"path", "answer"}."""
-    try:
-        answer = await chat(ctx, ANSWER.format(path=path, text=text, question=question))
-    except SyscallError as exc:  # the parent waits for every document: send what happened
-        answer = f"(no answer: {exc.kind}: {exc})"
-    await ctx.sys.ipc.send(pid=parent, message={"path": path, "answer": answer})
-    return 0
 
 
 async def documents(ctx: Context, paths: tuple[str, ...]) -> list[str]:
@@ -53,18 +39,14 @@ async def documents(ctx: Context, paths: tuple[str, ...]) -> list[str]:
 
 
 async def spawn_worker(ctx: Context, *args: Any) -> int:
-    # proc.spawn starts only named programs (built-ins and plug-ins), and an app's own
-    # functions are not one, so the worker is spawned through the kernel, keeping
-    # proc.spawn's rules: only with the proc.spawn grant, as a child named
-    # `<app>.worker`, holding no capability its parent lacks.
-    if not capability_allows(ctx.process.caps, "proc.spawn"):
-        raise PermissionDenied("research needs proc.spawn to start its workers")
+    """A worker child (the app's `worker` entry, program `research.worker`), holding only
+    what a worker needs of the capabilities this process has."""
     caps = [c for c in WORKER_CAPS if capability_allows(ctx.process.caps, c)]
-    child = await ctx.kernel.spawn(
-        worker, *args, name=f"{ctx.process.name}.worker", caps=caps, parent=ctx.pid,
-        model=ctx.model, nice=ctx.process.nice,
-    )  # fmt: skip
-    return child.pid
+    me = ctx.process.name
+    pid: int = await ctx.sys.proc.spawn(
+        program=f"{me}.worker", args=list(args), caps=caps, name=f"{me}.worker"
+    )
+    return pid
 
 
 async def main(ctx: Context, question: str = "", *paths: str) -> int:
