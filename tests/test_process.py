@@ -141,11 +141,15 @@ async def test_children_zombies_and_orphans(scripted_kernel: Kernel) -> None:
         await turns(lambda: not k.get(orphan).alive)
         assert k.get(orphan).state is ProcessState.ZOMBIE
         killed = await ctx.sys.proc.kill(pid=slow, signal="KILL")
-        return [status.exit_code, killed, orphan, slow]
+        return [status.exit_code, killed, orphan, slow, quick]
 
     p = await k.spawn(parent, caps=["proc.*"])
     assert await k.wait(p.pid) == 0, p.error
-    code, killed, orphan, slow = p.result
+    code, killed, orphan, slow, quick = p.result
+    assert k.proctable is not None
+    k.proctable.flush()
+    row = k.proctable.row(quick)
+    assert row is not None and row["state"] == "exited"  # reaped: the table says so too
     assert code == 0 and killed == f"sent KILL to {slow}"
     assert k.get(orphan).state is ProcessState.EXITED  # reaped by the kernel
     await k.wait(slow)

@@ -189,6 +189,8 @@ class Kernel:
         self._emit(proc, "state")
 
     def _reap(self, proc: Process) -> None:
+        if self.proctable is not None:  # the table says reaped too, not zombie
+            self.proctable.upsert(proc)
         self._reaped.append(proc.pid)
         while len(self._reaped) > self.keep_reaped:
             pid = self._reaped.popleft()
