@@ -337,22 +337,19 @@ def run(
 ) -> None:
     """Run an app's entry as a process named after the app, with exactly its grants. Its
     entries are also programs `APP.ENTRY` that it may start as children (`proc.spawn`)."""
-    from llmos.kernel.loader import ProgramError, load_program
+    from llmos.apps.launch import load_entries, spawn_app, split_entry
+    from llmos.kernel.loader import ProgramError
 
     a = _get(name)
-    rest = list(args or [])
-    entry = rest.pop(0) if rest and rest[0] in a.manifest.entries else None
+    entry, rest = split_entry(a, list(args or []))
     try:
-        main = load_program(a.entry_file(entry))
-        programs = {f"{a.name}.{e}": load_program(a.entry_file(e)) for e in a.manifest.entries}
+        main, programs = load_entries(a, entry)
     except (ProgramError, LlmosError) as exc:
         raise fail(str(exc)) from None
-    model = a.manifest.models[0] if a.manifest.models else None
 
     async def start(k: Kernel) -> Process:
         k.syscalls.approver = terminal_approver()
-        k.programs.update(programs)
-        return await k.spawn(main, *rest, name=a.name, model=model, caps=list(a.granted))
+        return await spawn_app(k, a, main, programs, rest)
 
     run_streamed(start)
 

@@ -10,6 +10,7 @@ Where each job lives:
     generation.py     the one admit → generate → stream-or-settle path chat and completions share
     streaming.py      the SSE transport (sse-starlette) and noticing a client that leaves
     native_routes.py  processes, syscalls, model load/unload, the memory filesystem
+    app_routes.py     apps: list, search the index, install (explicit grants), run, remove
     eval_routes.py    /v1/eval/*: perplexity, task sets, retrieval, stored runs, comparison
     metrics.py        /metrics (prometheus_client, a registry per app) and /health
     llmos.mcp.server  /mcp: the MCP server over streamable HTTP (docs/MCP.md)
@@ -33,7 +34,7 @@ from llmos.config import Settings, load_settings
 from llmos.errors import LlmosError
 from llmos.kernel.kernel import Kernel
 from llmos.memory.index import Embedder
-from llmos.server import eval_routes, metrics, native_routes, openai_routes
+from llmos.server import app_routes, eval_routes, metrics, native_routes, openai_routes
 from llmos.server.errors import ApiError, error_body, from_llmos
 from llmos.server.security import Guard
 from llmos.server.state import Api
@@ -98,6 +99,7 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(openai_routes.router(api))
     app.include_router(native_routes.router(api))
+    app.include_router(app_routes.router(api))
     app.include_router(eval_routes.router(api))
     app.include_router(metrics.router(api))
     # an ASGI endpoint (every method: POST messages, GET stream, DELETE session)
