@@ -214,6 +214,11 @@ class Settings(BaseSettings):
         description="capability grants per MCP client name (`llmos mcp serve --client NAME`); "
         "without --client a client gets a process's default grants",
     )
+    mcp_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="bearer key -> MCP client name (mcp_clients): a caller of `llmos serve`'s "
+        "/mcp with such a key gets that client's grants (the key opens /mcp only)",
+    )
     # -- MCP servers as syscalls: llmos as an MCP client -------------------------------
     mcp_servers: dict[str, McpServer] = Field(
         default_factory=dict,

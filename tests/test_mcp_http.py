@@ -101,3 +101,37 @@ def test_without_a_key_only_loopback_hosts_reach_mcp(tmp_path: Path) -> None:
         headers["Host"] = url.removeprefix("http://")
         with httpx.stream("POST", f"{url}/mcp", json=INIT, headers=headers, timeout=30) as r:
             assert r.status_code == 200
+
+
+async def test_an_mcp_key_names_a_client_and_opens_mcp_only(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        api_key="sekret",
+        mcp_clients={"reader": ["calc", "fs.read", "fs.ls"]},
+        mcp_keys={"reader-key": "reader"},
+    )
+    with BackgroundServer(create_app(settings)) as url:
+        async with connected(url, {"Authorization": "Bearer reader-key"}) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"calc", "fs.read", "fs.ls"} <= tools and "time.now" not in tools
+            assert client.server_capabilities.resources is not None  # it may read files
+            denied = await client.call_tool("time.now", {})
+            assert denied.is_error
+        async with connected(url, {"Authorization": "Bearer sekret"}) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert "time.now" in tools and "fs.read" not in tools  # the default grants
+        async with httpx.AsyncClient(timeout=30) as http:  # the MCP key opens /mcp alone
+            r = await http.get(
+                f"{url}/v1/processes", headers={"Authorization": "Bearer reader-key"}
+            )
+            assert r.status_code == 401
+
+
+def test_an_mcp_key_for_an_unknown_client_fails_at_startup(tmp_path: Path) -> None:
+    import pytest
+
+    from llmos.errors import UserError
+
+    settings = make_settings(tmp_path, mcp_keys={"k": "nobody"})
+    with pytest.raises(UserError, match="unknown MCP client 'nobody'"):
+        create_app(settings)

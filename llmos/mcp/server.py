@@ -1,6 +1,6 @@
 """llmos as an MCP server: a booted kernel's syscalls, memory files and prompt templates,
 offered to one MCP client (Claude Desktop, Cursor, an agent) over stdio (`serve_stdio`),
-or to any number over streamable HTTP at `llmos serve`'s /mcp (`http_endpoint`).
+or to any number over streamable HTTP at `llmos serve`'s /mcp (`HttpEndpoint`).
 
     tools      the syscalls the client's grants allow (approval permitting), each with its
                doc and its argument schema; a call is one short kernel process
@@ -20,10 +20,11 @@ its identity in the memory FS, so `fs.write:/home/self/**` means `/home/mcp-NAME
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from string import Formatter
@@ -33,10 +34,7 @@ from urllib.parse import quote, unquote
 from mcp import types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
-from mcp.server.streamable_http_manager import (
-    StreamableHTTPASGIApp,
-    StreamableHTTPSessionManager,
-)
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
@@ -310,23 +308,44 @@ async def serve_stdio(settings: Settings, client: str | None = None) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
-def http_endpoint(kernel: Kernel, settings: Settings) -> StreamableHTTPASGIApp:
-    """MCP over streamable HTTP for `llmos serve`'s /mcp: the ASGI endpoint of a session
-    manager over `build_server`, whose `session_manager.run()` must be entered for as long
-    as the app serves (its task group holds the sessions; the app's lifespan enters it).
+class HttpEndpoint:
+    """MCP over streamable HTTP for `llmos serve`'s /mcp: an ASGI app with one session
+    manager per grant set, chosen per request by `client_of(scope)` (the server's guard
+    names the client of an `mcp_keys` key; None: the default client). `run()` must be
+    entered for as long as the app serves (the managers' task groups hold the sessions;
+    the app's lifespan enters it).
 
-    The daemon's one API key authenticates a caller but names no one, so every HTTP client
-    gets the default client's grants (as `llmos mcp serve` without --client). Without an
-    API key (loopback only) the Host and Origin headers must be loopback ones, so a web page
-    cannot reach the tools through DNS rebinding."""
-    loopback = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
-        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-    )
-    manager = StreamableHTTPSessionManager(
-        build_server(kernel),
-        security_settings=None if settings.api_key else loopback,
-        max_request_body_size=settings.server_max_body_bytes,
-    )
-    return StreamableHTTPASGIApp(manager)
+    The daemon's API key authenticates a caller but names no one: its callers get the
+    default client's grants (as `llmos mcp serve` without --client); a key of `mcp_keys`
+    names a client of `mcp_clients`, whose grants its caller gets. Without an API key
+    (loopback only) the Host and Origin headers must be loopback ones, so a web page cannot
+    reach the tools through DNS rebinding."""
+
+    def __init__(
+        self, kernel: Kernel, settings: Settings, client_of: Callable[[Any], str | None]
+    ) -> None:
+        loopback = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+        clients: list[str | None] = [None, *sorted(set(settings.mcp_keys.values()))]
+        self.managers = {
+            c: StreamableHTTPSessionManager(
+                build_server(kernel, client_caps(settings, c), c),  # unknown client: fails now
+                security_settings=None if settings.api_key else loopback,
+                max_request_body_size=settings.server_max_body_bytes,
+            )
+            for c in clients
+        }
+        self.client_of = client_of
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for manager in self.managers.values():
+                await stack.enter_async_context(manager.run())
+            yield
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.managers[self.client_of(scope)].handle_request(scope, receive, send)

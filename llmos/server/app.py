@@ -36,7 +36,7 @@ from llmos.kernel.kernel import Kernel
 from llmos.memory.index import Embedder
 from llmos.server import app_routes, eval_routes, metrics, native_routes, openai_routes
 from llmos.server.errors import ApiError, error_body, from_llmos
-from llmos.server.security import Guard
+from llmos.server.security import MCP_CLIENT, Guard
 from llmos.server.state import Api
 
 # -- the app ----------------------------------------------------------------------------
@@ -65,9 +65,9 @@ def create_app(
     owned = kernel is None
     k = kernel or Kernel(settings, backend_factory=backend_factory, embedder=embedder)
     api = Api(settings, k)
-    from llmos.mcp.server import http_endpoint  # the MCP SDK loads with the app, not llmos
+    from llmos.mcp.server import HttpEndpoint  # the MCP SDK loads with the app, not llmos
 
-    mcp = http_endpoint(k, settings)
+    mcp = HttpEndpoint(k, settings, lambda scope: (scope.get("state") or {}).get(MCP_CLIENT))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,7 +76,7 @@ def create_app(
         if preload:
             await k.engine(settings.default_model)
         try:
-            async with mcp.session_manager.run():  # the task group MCP sessions run in
+            async with mcp.run():  # the task groups MCP sessions run in
                 yield
         finally:
             if owned:
@@ -95,6 +95,7 @@ def create_app(
         api_key=settings.api_key,
         max_body=settings.server_max_body_bytes,
         metrics=api.metrics,
+        mcp_keys=settings.mcp_keys,
     )
     _install_error_handlers(app)
     app.include_router(openai_routes.router(api))

@@ -26,6 +26,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})  # answered without a key: liveness probes
+MCP_PATH = "/mcp"
+MCP_CLIENT = "mcp_client"  # the scope state key naming the MCP client an mcp_keys key is
 
 
 def is_loopback(host: str) -> bool:
@@ -56,10 +58,17 @@ class _BodyTooLarge(HTTPException):
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, *, api_key: str | None, max_body: int, metrics: Metrics
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        max_body: int,
+        metrics: Metrics,
+        mcp_keys: dict[str, str] | None = None,
     ) -> None:
         self.app = app
         self.api_key = api_key
+        self.mcp_keys = dict(mcp_keys or {})  # key -> MCP client: opens /mcp, nothing else
         self.max_body = max_body
         self.metrics = metrics
 
@@ -124,13 +133,17 @@ class Guard:
             self.metrics.answered(scope.get("method", "GET"), path, status, spent)
 
     def _authorized(self, scope: Scope) -> bool:
-        if not self.api_key or scope.get("path") in OPEN_PATHS:
-            return True
         auth = _header(scope, b"authorization") or ""
         scheme, _, token = auth.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        )
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if token and scope.get("path") == MCP_PATH:
+            for key, client in self.mcp_keys.items():
+                if hmac.compare_digest(token.encode(), key.encode()):
+                    scope.setdefault("state", {})[MCP_CLIENT] = client
+                    return True
+        if not self.api_key or scope.get("path") in OPEN_PATHS:
+            return True
+        return bool(token) and hmac.compare_digest(token.encode(), self.api_key.encode())
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
