@@ -51,6 +51,8 @@ def test_install_run_and_remove_an_app_over_rest(tmp_path: Path) -> None:
                     break
                 time.sleep(0.05)
             assert kernel.get(clock).exit_code != 0
+            # its entries were programs while it ran, not after: nobody spawns them later
+            assert not any(name.startswith("hello.") for name in kernel.programs)
 
             bad = http.post("/v1/apps", json={"source": "hello", "grant": ["shell.exec"]})
             assert bad.status_code == 400 and "shell.exec" in bad.text

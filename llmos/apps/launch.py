@@ -4,6 +4,7 @@ with `proc.spawn` (the CLI, the REST API and the shell run apps through here).""
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from llmos.apps.store import InstalledApp
@@ -29,9 +30,40 @@ def split_entry(app: InstalledApp, args: list[Any]) -> tuple[str | None, list[An
     return None, args
 
 
+# per kernel: how many runs of an app hold each APP.ENTRY program registered
+_RUNS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
 async def spawn_app(
     kernel: Kernel, app: InstalledApp, main: Any, programs: dict[str, Any], args: list[Any]
 ) -> Process:
+    """Start the app's process. Its entries are programs only while it runs: a kernel that
+    outlives the run (the daemon's, the shell's) would otherwise let anyone spawn them
+    later outside the app's grants; the last run of an app to end takes them away."""
+    runs = _RUNS.setdefault(kernel, {})
     kernel.programs.update(programs)
+    for key in programs:
+        runs[key] = runs.get(key, 0) + 1
+
+    def release() -> None:
+        for key, prog in programs.items():
+            runs[key] -= 1
+            if runs[key] <= 0:
+                del runs[key]
+                if kernel.programs.get(key) is prog:
+                    del kernel.programs[key]
+
     model = app.manifest.models[0] if app.manifest.models else None
-    return await kernel.spawn(main, *args, name=app.name, model=model, caps=list(app.granted))
+    try:
+        proc = await kernel.spawn(main, *args, name=app.name, model=model, caps=list(app.granted))
+    except BaseException:
+        release()
+        raise
+
+    def on_event(p: Any, event: str) -> None:
+        if p.pid == proc.pid and not p.alive:
+            unlisten()
+            release()
+
+    unlisten = kernel.listen(on_event)  # before the process can run: nothing awaited since
+    return proc

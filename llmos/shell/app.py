@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -35,13 +35,19 @@ from llmos.shell.backend import (
 )
 from llmos.shell.history import CommandHistory
 
+if TYPE_CHECKING:
+    from textual.screen import ModalScreen
+
+D = TypeVar("D")
+
 __all__ = ["COMMANDS", "HELP", "Command", "CommandError", "LlmosShell", "UsageError", "command"]
 
 # -- the command table ------------------------------------------------------------------------
 Handler = Callable[["LlmosShell", list[str]], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
-# How Tab completes a command's arguments: process ids, memory-FS paths, or model names.
-Completion = Literal["pid", "path", "model"]
+# How Tab completes a command's arguments: process ids, memory-FS paths, model names, or
+# installed apps' names.
+Completion = Literal["pid", "path", "model", "app"]
 
 
 class UsageError(CommandError):
@@ -196,7 +202,7 @@ class LlmosShell(App[None]):
         self.model = model
         self.agent = agent  # the assistant's home: /home/<agent>
         self.backend: Backend = (
-            RemoteBackend(connect, api_key=api_key)
+            RemoteBackend(connect, api_key=api_key, app_index=self.settings.app_index)
             if connect
             else LocalBackend(self.settings, kernel)
         )
@@ -434,26 +440,32 @@ class LlmosShell(App[None]):
         capability (approval and audit apply), remotely through the daemon's endpoint."""
         return await self.backend.syscall(name, args)
 
+    async def dialog(self, screen: ModalScreen[D], default: D) -> D:
+        """Open a modal screen and wait for its answer (`default` if it closes without one);
+        if the waiting task is cancelled, the screen closes with `default`."""
+        fut: asyncio.Future[D] = asyncio.get_running_loop().create_future()
+
+        def done(choice: D | None) -> None:
+            if not fut.done():
+                fut.set_result(default if choice is None else choice)
+
+        self.push_screen(screen, callback=done)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if screen.is_current:
+                screen.dismiss(default)
+            raise
+
     async def approve(self, ctx: Any, spec: Any, values: dict[str, Any]) -> bool:
         """The syscall table's approver: a modal dialog per call unless always-approved."""
-        from llmos.shell.screens import ALLOW_ONCE, ALWAYS, ApprovalScreen
+        from llmos.shell.screens import ALLOW_ONCE, ALWAYS, DENY, ApprovalScreen
 
         if (ctx.pid, spec.name) in self.always:
             return True
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        def done(choice: str | None) -> None:
-            if not fut.done():
-                fut.set_result(choice or "deny")
-
         screen = ApprovalScreen(ctx.pid, ctx.process.name, spec.name, spec.risk, values)
-        self.push_screen(screen, callback=done)
-        try:
-            choice = await fut
-        except asyncio.CancelledError:  # the asking process was killed: close its dialog
-            if screen.is_current:
-                screen.dismiss("deny")
-            raise
+        # The asking process killed meanwhile: its dialog closes, as denied.
+        choice = await self.dialog(screen, DENY)
         if choice == ALWAYS:
             self.always.add((ctx.pid, spec.name))
         approved = choice in (ALLOW_ONCE, ALWAYS)
@@ -707,6 +719,106 @@ class LlmosShell(App[None]):
         self.say("(* loaded)")
 
     @command(
+        "app",
+        usage="app list | search [WORDS] | install PATH|NAME | run NAME [ENTRY] [ARGS] "
+        "| remove NAME [--purge]",
+        help="installed apps and the index; install reviews the grants in a dialog",
+        complete="app",
+        subcommands=("list", "search", "install", "run", "remove"),
+    )
+    async def cmd_app(self, args: list[str]) -> None:
+        subs = {
+            "list": self._app_list, "search": self._app_search, "install": self._app_install,
+            "run": self._app_run, "remove": self._app_remove,
+        }  # fmt: skip
+        if not args or args[0] not in subs:
+            raise UsageError
+        await subs[args[0]](args[1:])
+
+    async def _app_list(self, args: list[str]) -> None:
+        if args:
+            raise UsageError
+        apps = await self.backend.apps()
+        if not apps:
+            self.say("no apps installed (app search, then app install NAME)")
+        for a in apps:
+            self.say(f"{a['name']} {a['version']}  {a['description']}")
+            self.say(f"  granted: {', '.join(a['granted']) or '-'}")
+            denied = [c for c in a["requested"] if c not in a["granted"]]
+            if denied:
+                self.say(f"  denied:  {', '.join(denied)}")
+            self.say(f"  entries: {', '.join(a['entries'])}")
+
+    async def _app_search(self, args: list[str]) -> None:
+        found = await self.backend.app_search(args)
+        if not found:
+            self.say("no app matches" if args else "no apps in the index")
+        for x in found:
+            self.say(f"{x['name']} {x['version']}  ({x['origin']})  {x['description']}")
+
+    async def _app_install(self, args: list[str]) -> None:
+        from llmos.shell.screens import GrantScreen
+
+        if len(args) != 1:
+            raise UsageError
+        self.set_status(f"checking {args[0]}...")  # a download or a git clone takes a while
+        try:
+            review = await self.backend.app_review(args[0])
+        except BaseException:
+            self.set_status(f"{args[0]}: not installed")
+            raise
+        self.set_status(f"{review.name} {review.version}: tick what you grant, then Install")
+        try:
+            grant = await self.dialog(GrantScreen(review), None)
+            if grant is None:
+                self.say(f"cancelled: {review.name} not installed")
+                self.set_status(f"{review.name}: not installed")
+                return
+            app = await self.backend.app_install(review, grant)
+        finally:
+            await self.backend.app_discard(review)
+        self.say(f"installed {app['name']} {app['version']}")
+        self.say(f"  granted: {', '.join(app['granted']) or '-'}")
+        denied = [c for c in app["requested"] if c not in app["granted"]]
+        if denied:
+            self.say(f"  denied:  {', '.join(denied)} (llmos app grants {app['name']} --grant CAP)")
+        self.set_status(f"installed {app['name']}")
+
+    async def _installed(self, name: str) -> dict[str, Any]:
+        for a in await self.backend.apps():
+            if a["name"] == name:
+                return a
+        raise CommandError(f"no app named {name!r} is installed (app list)")
+
+    async def _app_run(self, args: list[str]) -> None:
+        if not args:
+            raise UsageError
+        app = await self._installed(args[0])
+        rest = args[1:]
+        # The first argument picks the entry when it names one, as `llmos app run` reads it.
+        entry = rest.pop(0) if rest and rest[0] in app["entries"] else None
+        pid = await self.backend.app_run(app["name"], entry, rest)
+        await self._stream(pid)
+
+    async def _app_remove(self, args: list[str]) -> None:
+        from llmos.shell.screens import ConfirmScreen
+
+        purge = "--purge" in args
+        args = [a for a in args if a != "--purge"]
+        if len(args) != 1:
+            raise UsageError
+        app = await self._installed(args[0])
+        name = app["name"]
+        home = f"/home/{name}"
+        what = f"and delete {home}" if purge else f"(its files in {home} stay)"
+        question = f"Remove {name} {app['version']} {what}?"
+        if not await self.dialog(ConfirmScreen(question, yes="Remove"), False):
+            self.say(f"cancelled: {name} not removed")
+            return
+        home_gone = await self.backend.app_remove(name, purge)
+        self.say(f"removed {name}" + (f" and {home}" if home_gone else ""))
+
+    @command(
         "prompts",
         usage="prompts [NAME]",
         help="list the prompt templates in /etc/prompts, or show one",
@@ -802,6 +914,11 @@ class LlmosShell(App[None]):
             return [str(p) for p in self.backend.pids()]
         if kind == "model":
             return [name for name, _, _ in await self.backend.models()]
+        if kind == "app":
+            try:
+                return [a["name"] for a in await self.backend.apps()]
+            except CommandError:
+                return []
         base = word.rsplit("/", 1)[0] + "/" if "/" in word else "/"
         try:
             entries = await self.list_dir(base)

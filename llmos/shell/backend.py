@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from llmos.config import Settings
 from llmos.core.process import ProcessState
+from llmos.errors import LlmosError
 
 # The person at the shell owns the memory FS (as the server's trusted caller does); other
 # syscalls run with exactly their own capability (llmos.kernel.oneshot decides both).
@@ -47,6 +48,56 @@ class Ended:
     def stopped(self) -> bool:
         """Ended by a signal (Ctrl+C, kill), not by its own doing."""
         return self.code < 0 or self.reason in ("killed", "terminated", "cancelled")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One capability an app asks for: its name, the manifest's one-line reason, its risk."""
+
+    cap: str
+    reason: str
+    risk: str
+
+
+@dataclass
+class AppReview:
+    """An app about to be installed, for the grant dialog: what it is and what it asks for.
+    `source` is what the install is given (the daemon reads it); `staged` is the local
+    backend's checked copy, discarded by `app_discard` whatever the answer."""
+
+    name: str
+    version: str
+    author: str
+    description: str
+    source: str
+    asks: list[Ask]
+    entries: dict[str, str]
+    staged: Any = None
+
+
+def _review_of(manifest: Any, source: str, staged: Any = None) -> AppReview:
+    from llmos.apps.store import capability_risk, known_capabilities
+
+    known = known_capabilities()
+    asks = [
+        Ask(cap, reason, capability_risk(cap, known) or "unknown")
+        for cap, reason in manifest.capabilities.items()
+    ]
+    entries = {k: e.description for k, e in manifest.entries.items()}
+    return AppReview(
+        manifest.name, manifest.version, manifest.author, manifest.description, source, asks,
+        entries, staged,
+    )  # fmt: skip
+
+
+def _app_row(app: Any) -> dict[str, Any]:
+    """An installed app as `GET /v1/apps` lists it (so both backends answer alike)."""
+    m = app.manifest
+    return {
+        "name": app.name, "version": m.version, "description": m.description,
+        "granted": list(app.granted), "requested": dict(m.capabilities),
+        "entries": {k: e.description for k, e in m.entries.items()},
+    }  # fmt: skip
 
 
 def row_alive(row: dict[str, Any]) -> bool:
@@ -119,6 +170,31 @@ class Backend(Protocol):
     async def state(self, pid: int) -> str: ...
     async def logs(self, pid: int) -> str: ...
     async def syscall(self, name: str, args: dict[str, Any]) -> Any: ...
+
+    # Apps (docs/APPS.md): rows as `GET /v1/apps` lists them (name, version, description,
+    # granted, requested {cap: reason}, entries {entry: description}).
+    async def apps(self) -> list[dict[str, Any]]: ...
+
+    async def app_search(self, words: list[str]) -> list[dict[str, Any]]:
+        """The index's matches: name, version, description, source, origin."""
+
+    async def app_review(self, source: str) -> AppReview:
+        """Fetch and check the app `source` names (a path or an index name) for the grant
+        dialog; an app already installed is an error here, before anyone is asked."""
+
+    async def app_install(self, review: AppReview, grant: list[str]) -> dict[str, Any]:
+        """Install the reviewed app holding exactly `grant` (the rest it asks for denied)."""
+
+    async def app_discard(self, review: AppReview) -> None:
+        """Drop what `app_review` fetched (nothing left once installed)."""
+
+    async def app_run(self, name: str, entry: str | None, args: list[str]) -> int:
+        """Start an app's entry as `llmos app run` does (llmos/apps/launch.py): a process
+        named after it holding exactly its grants, with its manifest's model, its entries
+        programs `APP.ENTRY`; returns the pid."""
+
+    async def app_remove(self, name: str, purge: bool) -> bool:
+        """Uninstall; `purge` also deletes /home/NAME. True if a home was removed."""
 
 
 class LocalBackend:
@@ -280,6 +356,81 @@ class LocalBackend:
             raise CommandError(f"{name} takes no {', '.join(unknown)}: {spec.signature()}")
         return await run_syscall(self.kernel, name, args, label=f"sh:{name}")
 
+    # -- apps --------------------------------------------------------------------------
+    def _store(self) -> Any:
+        from llmos.apps.store import AppStore
+
+        return AppStore(self.settings.data_dir)
+
+    async def apps(self) -> list[dict[str, Any]]:
+        return [_app_row(a) for a in await asyncio.to_thread(self._store().list)]
+
+    async def app_search(self, words: list[str]) -> list[dict[str, Any]]:
+        from llmos.apps.index import search
+
+        found = await asyncio.to_thread(search, words, self.settings.app_index)
+        keys = ("name", "version", "description", "source", "origin")
+        return [{k: getattr(x, k) for k in keys} for x in found]
+
+    async def app_review(self, source: str) -> AppReview:
+        # Fetching (an index URL, a git clone) and checking (importing each entry) block:
+        # they run in a thread so the shell stays responsive.
+        staged = await asyncio.to_thread(self._stage, source)
+        try:
+            if (self._store().root / staged.manifest.name).exists():
+                raise CommandError(
+                    f"{staged.manifest.name} is already installed (app remove it first, or "
+                    f"llmos app update {staged.manifest.name})"
+                )
+            return await asyncio.to_thread(_review_of, staged.manifest, source, staged)
+        except BaseException:
+            staged.discard()
+            raise
+
+    def _stage(self, source: str) -> Any:
+        from llmos.apps.index import materialize
+
+        store = self._store()
+        with materialize(source, self.settings.app_index) as local:
+            return store.stage(local.path, record=local.record)
+
+    async def app_install(self, review: AppReview, grant: list[str]) -> dict[str, Any]:
+        from llmos.apps.store import decide
+
+        requested = [a.cap for a in review.asks]
+        decision = decide(requested, grant=grant, deny=[c for c in requested if c not in grant])
+        installed = await asyncio.to_thread(self._store().install, review.staged, decision)
+        return _app_row(installed)
+
+    async def app_discard(self, review: AppReview) -> None:
+        if review.staged is not None:
+            review.staged.discard()
+
+    async def app_run(self, name: str, entry: str | None, args: list[str]) -> int:
+        from llmos.apps.launch import load_entries, spawn_app
+        from llmos.kernel.loader import ProgramError
+
+        app = self._store().get(name)
+        try:
+            main, programs = await asyncio.to_thread(load_entries, app, entry)
+        except ProgramError as exc:
+            raise CommandError(str(exc)) from None
+        proc = await spawn_app(self.kernel, app, main, programs, args)
+        return int(proc.pid)
+
+    async def app_remove(self, name: str, purge: bool) -> bool:
+        await asyncio.to_thread(self._store().remove, name)
+        if not purge:
+            return False
+        # Through the kernel's own memory FS (the shell user's fs.rm, audited), not a second
+        # handle on its SQLite store as `llmos app remove --purge` opens.
+        home = f"/home/{name}"
+        entries = await self.syscall("fs.ls", {"path": "/home"})
+        if not any(e["path"] == home for e in entries):
+            return False
+        await self.syscall("fs.rm", {"path": home, "recursive": True})
+        return True
+
 
 class RemoteBackend:
     """A running daemon (`llmos serve`), through the async client."""
@@ -288,10 +439,13 @@ class RemoteBackend:
     poll_s: float | None = 1.0  # the daemon sends no process events to a shell
     preload_model = False  # the daemon loads models on demand
 
-    def __init__(self, url: str, *, api_key: str | None = None, client: Any = None) -> None:
+    def __init__(
+        self, url: str, *, api_key: str | None = None, client: Any = None, app_index: str = ""
+    ) -> None:
         from llmos.client import AsyncClient
 
         self.where = url
+        self.app_index = app_index  # where `app install NAME` reads the manifest to review
         self.client = client or AsyncClient(url, api_key=api_key)
         self._rows: list[dict[str, Any]] = []
         self._loaded: list[str] = []
@@ -441,3 +595,52 @@ class RemoteBackend:
             if exc.code in ("unknown_syscall", "not_available"):
                 raise CommandError(f"not available: the daemon has no {name} syscall") from None
             raise CommandError(exc.message) from None
+
+    # -- apps --------------------------------------------------------------------------
+    # The daemon's /v1/apps endpoints; the client has no methods for them, so its one
+    # request helper is used (errors come out as ApiError, as from its other methods).
+    async def apps(self) -> list[dict[str, Any]]:
+        return list((await self._call(self.client._call, "GET", "/v1/apps"))["apps"])
+
+    async def app_search(self, words: list[str]) -> list[dict[str, Any]]:
+        params = {"q": " ".join(words)}
+        found = await self._call(self.client._call, "GET", "/v1/apps/search", params=params)
+        return list(found["entries"])
+
+    async def app_review(self, source: str) -> AppReview:
+        # The daemon installs in one request with the grants in it, so the review reads the
+        # manifest here: from the folder (or archive) when it is on this machine (the
+        # daemon is handed its absolute path, as `run prog.py` is), else from this shell's
+        # index. The daemon checks it again, and refuses grants it does not ask for.
+        from llmos.apps.index import materialize
+        from llmos.apps.manifest import load_manifest
+
+        def read() -> tuple[Any, str]:
+            with materialize(source, self.app_index) as local:
+                manifest = load_manifest(local.path)
+            return manifest, _absolute(source) if Path(source).expanduser().exists() else source
+
+        try:
+            manifest, sent = await asyncio.to_thread(read)
+        except LlmosError as exc:
+            raise CommandError(str(exc)) from None
+        if any(a["name"] == manifest.name for a in await self.apps()):
+            raise CommandError(f"{manifest.name} is already installed (app remove it first)")
+        return await asyncio.to_thread(_review_of, manifest, sent)
+
+    async def app_install(self, review: AppReview, grant: list[str]) -> dict[str, Any]:
+        body = {"source": review.source, "grant": grant}
+        return dict(await self._call(self.client._call, "POST", "/v1/apps", json=body))
+
+    async def app_discard(self, review: AppReview) -> None:
+        """Nothing was staged here: the daemon stages inside its install request."""
+
+    async def app_run(self, name: str, entry: str | None, args: list[str]) -> int:
+        body = {"entry": entry, "args": args}
+        info = await self._call(self.client._call, "POST", f"/v1/apps/{name}/run", json=body)
+        return int(info["pid"])
+
+    async def app_remove(self, name: str, purge: bool) -> bool:
+        params = {"purge": "true" if purge else "false"}
+        out = await self._call(self.client._call, "DELETE", f"/v1/apps/{name}", params=params)
+        return bool(out.get("purged", purge))

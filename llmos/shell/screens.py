@@ -1,17 +1,21 @@
-"""The shell's modal screens: syscall approval, help, and the memory-FS browser."""
+"""The shell's modal screens: syscall approval, an app's grant review, a yes/no question,
+help, and the memory-FS browser."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static, Tree
+from textual.widgets import Button, Checkbox, Label, Static, Tree
 from textual.widgets.tree import TreeNode
+
+if TYPE_CHECKING:
+    from llmos.shell.backend import AppReview
 
 ALLOW_ONCE, ALWAYS, DENY = "once", "always", "deny"
 
@@ -66,6 +70,105 @@ class ApprovalScreen(ModalScreen[str]):
 
     def action_choose(self, choice: str) -> None:
         self.dismiss(choice)
+
+
+class GrantScreen(ModalScreen[list[str] | None]):
+    """Review what an app asks for before installing it, as a phone does: each capability
+    with why it wants it and its risk, a checkbox each. Returns the checked capabilities
+    (Install) or None (Cancel: nothing is installed)."""
+
+    DEFAULT_CSS = """
+    GrantScreen { align: center middle; }
+    #grants { width: 84; height: auto; max-height: 90%; border: thick $warning; background: $surface; padding: 1 2; }
+    #about { margin: 0 0 1 0; }
+    #asks { height: auto; max-height: 20; }
+    .ask { height: auto; }
+    .why { padding: 0 0 0 4; color: $text-muted; }
+    .high { color: $error; }
+    #buttons { height: auto; margin: 1 0 0 0; }
+    #buttons Button { margin: 0 1 0 0; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, review: AppReview) -> None:
+        super().__init__()
+        self.review = review
+
+    def compose(self) -> ComposeResult:
+        r = self.review
+        with Vertical(id="grants"):
+            yield Label(f"Install {r.name} {r.version} by {r.author or 'unknown'}?")
+            yield Static(r.description, id="about", markup=False)
+            if r.asks:
+                yield Label("It asks for (tick what you grant):")
+            else:
+                yield Label("It asks for no capabilities.")
+            with VerticalScroll(id="asks"):
+                # Nothing ticked to begin with, as `llmos app install` asks y/N for each.
+                for i, ask in enumerate(r.asks):
+                    with Vertical(classes="ask"):
+                        box = Checkbox(f"{ask.cap} ({ask.risk} risk)", False, id=f"cap-{i}")
+                        box.tooltip = ask.reason
+                        if ask.risk in ("high", "all", "unknown"):
+                            box.add_class("high")
+                        yield box
+                        yield Static(ask.reason, classes="why", markup=False)
+            with Horizontal(id="buttons"):
+                yield Button("Install", id="install", variant="primary")
+                yield Button("Cancel (esc)", id="cancel", variant="error")
+
+    def on_mount(self) -> None:
+        boxes = self.query(Checkbox)
+        (boxes.first() if boxes else self.query_one("#cancel", Button)).focus()
+
+    def granted(self) -> list[str]:
+        """The capabilities ticked now, in the manifest's order."""
+        return [
+            ask.cap
+            for i, ask in enumerate(self.review.asks)
+            if self.query_one(f"#cap-{i}", Checkbox).value
+        ]
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self.granted() if event.button.id == "install" else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; No has the focus, so Enter by reflex changes nothing."""
+
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    #confirm { width: 72; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
+    #buttons { height: auto; margin: 1 0 0 0; }
+    #buttons Button { margin: 0 1 0 0; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "choose(True)", "Yes"),
+        Binding("n,escape", "choose(False)", "No"),
+    ]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.question, self.yes = question, yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Static(self.question, markup=False)
+            with Horizontal(id="buttons"):
+                yield Button(f"{self.yes} (y)", id="yes", variant="warning")
+                yield Button("Cancel (n)", id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_choose(self, yes: bool) -> None:
+        self.dismiss(yes)
 
 
 class HelpScreen(ModalScreen[None]):
