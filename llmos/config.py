@@ -149,6 +149,15 @@ class Settings(BaseSettings):
     spec_batch_tokens: int = Field(
         32, ge=1, description="a step's tokens up to which drafts may be added (decodes first)"
     )
+    remote_retries: int = Field(
+        3, ge=0, le=10, description="retries of a remote model request that failed before any token"
+    )
+    remote_timeout_s: float = Field(
+        120.0, gt=0, description="longest wait for a remote model's next streamed chunk"
+    )
+    remote_probe_s: float = Field(
+        5.0, gt=0, description="seconds between health checks of a remote model marked down"
+    )
     fast_forward: bool = Field(
         True,
         description="under a grammar or JSON schema, append the text the grammar forces "

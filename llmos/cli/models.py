@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from llmos.cli.common import fail, settings
+from llmos.cli.common import fail, run_async, settings
 from llmos.core.units import human_bytes
 from llmos.errors import LlmosError
 
@@ -39,16 +40,69 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "kind", "path", "present", "source")
+    reach = _reachable([e for e in entries if e.remote])
+    table = Table("name", "kind", "where", "present", "source")
     for e in entries:
-        table.add_row(
-            e.name,
-            f"lora on {e.base}" if e.kind == "lora" else "model",
-            str(e.path),
-            "yes" if e.path.is_file() else "no",
-            "built-in" if e.builtin else "added",
-        )
+        meta = e.meta or {}
+        if e.remote:
+            row = ("remote", f"{meta.get('url')} ({meta.get('model')})", reach[e.name], "remote")
+        else:
+            kind = f"lora on {e.base}" if e.kind == "lora" else "model"
+            present = "yes" if e.path.is_file() else "no"
+            row = (kind, str(e.path), present, "built-in" if e.builtin else "added")
+        table.add_row(e.name, *row)
     Console().print(table)
+
+
+def _reachable(entries: list[Any]) -> dict[str, str]:
+    """Whether each remote model's server answers now ("yes", or why not), asked at once."""
+    from llmos.kernel.remote import probe
+
+    async def one(e: Any) -> str:
+        meta = e.meta or {}
+        try:
+            ids = await probe(str(meta.get("url")), meta.get("key_env"), wait_s=3.0)
+        except LlmosError as exc:
+            return f"no: {str(exc)[:60]}"
+        return "yes" if not ids or meta.get("model") in ids else "yes (model not listed)"
+
+    async def all_of() -> list[str]:
+        return list(await asyncio.gather(*(one(e) for e in entries)))
+
+    return dict(zip((e.name for e in entries), run_async(all_of()), strict=True)) if entries else {}
+
+
+@models_app.command("add-remote")
+def models_add_remote(
+    name: Annotated[str, typer.Argument(help="its name here (in the catalog)")],
+    url: Annotated[str, typer.Option("--url", help="the server's base URL, e.g. http://gpu:8080")],
+    model: Annotated[str, typer.Option("--model", help="the model id the server knows it by")],
+    key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--key-env", help="an environment variable holding its API key (never stored)"
+        ),
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, help="requests it takes at once; more wait here")
+    ] = 4,
+    ctx: Annotated[int, typer.Option("--ctx", min=256, help="its context length (tokens)")] = 4096,
+) -> None:
+    """Add a model another engine serves over an OpenAI-compatible API (llama-server, vLLM,
+    Ollama, another llmos serve): the server is asked for its models first."""
+    from llmos.kernel.remote import probe, remote_meta
+
+    if not url.startswith(("http://", "https://")):
+        raise fail(f"--url must be an http:// or https:// URL, not {url!r}")
+    try:
+        ids = run_async(probe(url, key_env))
+        if ids and model not in ids:
+            raise fail(f"{url} does not serve {model!r} (it lists: {', '.join(ids[:10])})")
+        meta = remote_meta(url, model, key_env=key_env, parallel=parallel, n_ctx=ctx)
+        entry = _library().add_remote(name, meta)
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"added {entry.name}: {model} at {meta['url']} ({parallel} at once)")
 
 
 @models_app.command("add")

@@ -87,12 +87,12 @@ class KernelServices(Protocol):
 
     async def render_chat(
         self, messages: list[Message], model: str | None = None, *, chat_format: str | None = None
-    ) -> list[int]: ...
+    ) -> list[int] | list[Message]: ...  # a remote model's messages go as they are
 
     async def generate(
         self,
         proc: Process,
-        prompt: str | list[int],
+        prompt: str | list[int] | list[Message],
         params: SamplingParams | None = None,
         *,
         model: str | None = None,

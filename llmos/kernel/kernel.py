@@ -428,7 +428,8 @@ class Kernel:
         """Kernel-wide figures: per loaded model, active sequences, KV cells, steps/s."""
         return {
             "processes": sum(1 for p in self.procs.values() if p.alive),
-            "models": [lm.engine.snapshot() for lm in list(self.models.loaded.values())],
+            "models": [lm.engine.snapshot() for lm in list(self.models.loaded.values())]
+            + [eng.snapshot() for eng in list(self.models.remotes.values())],
         }
 
     # -- generation ---------------------------------------------------------------------
@@ -455,10 +456,13 @@ class Kernel:
 
     async def render_chat(
         self, messages: list[Message], model: str | None = None, *, chat_format: str | None = None
-    ) -> list[int]:
+    ) -> list[int] | list[Message]:
         """Prompt tokens for a conversation, from the model's own chat template unless a
         format is given (per call, or per model in the `chat_formats` setting); a GGUF
-        without a template uses its family's well-known format where there is one."""
+        without a template uses its family's well-known format where there is one. A
+        remote model gets the messages themselves (its server applies its template)."""
+        if self.models.remote(model or self.settings.default_model) is not None:
+            return messages
         engine = await self.engine(model)
         text, add_special = self.chat_text(engine, messages, chat_format=chat_format)
         return engine.backend.tokenize(text, add_special=add_special)
@@ -493,15 +497,16 @@ class Kernel:
     async def generate(
         self,
         proc: Process,
-        prompt: str | list[int],
+        prompt: str | list[int] | list[Message],
         params: SamplingParams | None = None,
         *,
         model: str | None = None,
         stream: bool = True,
     ) -> Generation:
-        """Generate for a process on the shared engine, streaming to its stdout."""
+        """Generate for a process on the shared engine (or a remote model's), streaming to
+        its stdout."""
         base, adapter = self.split_model(model or proc.model)
-        engine = await self.engine(base)
+        engine: Any = self.models.remote(base) or await self.engine(base)
         proc.last_model = f"{engine.name}+{adapter.name}" if adapter else engine.name
         gen = engine.generate(
             prompt, params, nice=proc.nice, owner=proc.pid,

@@ -8,6 +8,7 @@ assembled into the data dir on first use).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmos.config import Settings
 from llmos.errors import ModelError, ModelNotFound, UserError
@@ -80,6 +81,10 @@ def cached_header(path: Path) -> GGUFInfo:
     return hit
 
 
+if TYPE_CHECKING:
+    from llmos.kernel.remote import RemoteEngine
+
+
 @dataclass
 class ModelEntry:
     name: str
@@ -94,6 +99,11 @@ class ModelEntry:
     def kind(self) -> str:
         """ "model", or "lora" for an adapter applied over its base model."""
         return str((self.meta or {}).get("kind", "model"))
+
+    @property
+    def remote(self) -> bool:
+        """Served by another engine over its OpenAI-compatible API (no file here)."""
+        return self.kind == "openai"
 
     @property
     def base(self) -> str | None:
@@ -234,6 +244,15 @@ class ModelLibrary:
         self._save(data)
         return ModelEntry(name, p.resolve(), meta=full, lineage=lineage)
 
+    def add_remote(self, name: str, meta: dict[str, Any]) -> ModelEntry:
+        """Register a model another engine serves (kind "openai": `meta` from
+        remote.remote_meta); it has no file."""
+        name = self.name_for(name, name)
+        data = self._load()
+        data[name] = {"path": "", "meta": meta}
+        self._save(data)
+        return ModelEntry(name, Path(""), meta=meta)
+
     def update_meta(self, name: str, **fields: Any) -> None:
         """Add figures to an added entry's metadata (a distilled adapter's agreement)."""
         data = self._load()
@@ -339,6 +358,7 @@ class ModelManager:
         self.backend_factory = backend_factory or self._llama_factory
         self.clock = clock
         self.loaded: dict[str, LoadedModel] = {}
+        self.remotes: dict[str, RemoteEngine] = {}  # models other engines serve (kind openai)
         self._lock = threading.Lock()
         self.progress: dict[str, float] = {}
         self._stop = threading.Event()
@@ -376,6 +396,11 @@ class ModelManager:
                 lm.last_used = self.clock()
                 return lm.engine
             entry = self.library.get(name)
+            if entry.remote:
+                raise ModelError(
+                    f"{name} is a remote model ({(entry.meta or {}).get('url')}): another "
+                    "engine serves it, there is nothing to load here"
+                )
 
             def _progress(f: float) -> None:
                 self.progress[name] = f
@@ -440,6 +465,34 @@ class ModelManager:
         lm = self.loaded.pop(name)
         lm.engine.close()
         self.progress.pop(name, None)
+
+    def remote(self, name: str) -> RemoteEngine | None:
+        """The remote engine of a catalog model of kind "openai"; None for a local model."""
+        eng = self.remotes.get(name)
+        if eng is not None:
+            return eng
+        if "+" in name or name.endswith(".gguf"):
+            return None
+        try:
+            entry = self.library.get(name)
+        except ModelNotFound:
+            return None
+        if not entry.remote:
+            return None
+        from llmos.kernel.remote import RemoteEngine
+
+        with self._lock:
+            return self.remotes.setdefault(
+                name, RemoteEngine(name, dict(entry.meta or {}), self.settings)
+            )
+
+    async def aclose(self) -> None:
+        """Close the remote engines (their requests run on the kernel's loop), then the
+        local ones."""
+        for eng in list(self.remotes.values()):
+            await eng.aclose()
+        self.remotes.clear()
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         self._stop.set()

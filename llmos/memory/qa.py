@@ -83,7 +83,7 @@ class KernelLLM(LLM):
     ) -> str:
         ctx: Context = self.ctx
         kernel = ctx.kernel
-        tokens: str | list[int] = prompt
+        tokens: str | list[int] | list[dict[str, Any]] = prompt
         if self.chat:
             tokens = await kernel.render_chat(
                 [{"role": "user", "content": prompt}], ctx.process.model

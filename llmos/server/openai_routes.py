@@ -8,7 +8,7 @@ import asyncio
 import base64
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 
@@ -137,8 +137,11 @@ def router(api: Api) -> APIRouter:
             if tools is not None:
                 messages = compat.with_tool_prompt(messages, tools)
             prompt = await k.render_chat(messages, model)
+            if not prompt or not isinstance(prompt[0], int):
+                raise ApiError(400, f"{model} is a remote model: not served over REST yet")
             max_tokens = body.max_completion_tokens or body.max_tokens
-            return Plan(model, prompt, max_tokens, ChatShape(model, tools), schema)
+            tokens = cast(list[int], prompt)
+            return Plan(model, tokens, max_tokens, ChatShape(model, tools), schema)
 
         return await respond(api, request, body, "api:chat", plan)
 

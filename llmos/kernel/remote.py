@@ -1,0 +1,425 @@
+"""Remote model backends: a model served by another engine (llama-server, vLLM, Ollama,
+another `llmos serve`) through its OpenAI-compatible API, with a local model's kernel
+semantics.
+
+    RemoteEngine      one catalog entry of kind "openai": its URL, the remote model id,
+                      the API key's environment variable (the key itself is never
+                      stored), its context length and how many requests it takes at once
+    RemoteGeneration  one request, streamed: iterate it for text, as a local Generation
+
+What a process gets, as with a local model: its output streamed to its stdout, budgets,
+the audit log, `ps`/`top` figures (queue wait, TTFT, tok/s), KILL (which closes the HTTP
+stream at once) and priority. Priority works at admission: beyond the backend's
+`parallel` limit requests wait in the engine's queue, the best `nice` first, with the
+scheduler's aging (`aging_s`) so none starves.
+
+Faults: a connection error, a timeout or a 5xx/429 answer before any token has streamed
+is retried with exponential backoff and jitter (`remote_retries`); after that many
+failures in a row the backend is marked down, and requests fail at once with the reason
+until a health check (`GET /v1/models`, at most every `remote_probe_s`) finds it back.
+Every request has timeouts (connect, and between two streamed chunks), so nothing hangs.
+A stream that breaks after tokens came is an error for that request (it cannot resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from llmos.config import Settings
+from llmos.core.sampling import SamplingParams
+from llmos.errors import GenerationError, ModelError
+from llmos.kernel.engine import SeqStats
+
+Prompt = str | list[int] | list[dict[str, Any]]  # raw text, token ids, or chat messages
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class RemoteDown(GenerationError):
+    """The backend is marked down (it kept failing) and no health check has found it back."""
+
+
+@dataclass
+class _Waiter:
+    nice: int
+    since: float
+    ready: asyncio.Future[None]
+
+
+def remote_meta(url: str, model: str, *, key_env: str | None, parallel: int, n_ctx: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        "kind": "openai", "url": url.rstrip("/"), "model": model, "key_env": key_env,
+        "parallel": parallel, "n_ctx": n_ctx,
+    }  # fmt: skip
+
+
+def _headers(key_env: str | None) -> dict[str, str]:
+    if not key_env:
+        return {}
+    key = os.environ.get(key_env)
+    if not key:
+        raise ModelError(f"the API key's environment variable {key_env} is not set")
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def probe(url: str, key_env: str | None = None, wait_s: float = 10.0) -> list[str]:
+    """The model ids an OpenAI-compatible server lists (`GET /v1/models`); a clear
+    ModelError when it cannot be reached or answers otherwise."""
+    import httpx
+
+    base = url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(timeout=wait_s) as http:
+            r = await http.get(f"{base}/v1/models", headers=_headers(key_env))
+    except httpx.HTTPError as exc:
+        raise ModelError(f"{base} cannot be reached: {type(exc).__name__}: {exc}") from None
+    if r.status_code != 200:
+        raise ModelError(f"{base}/v1/models answered HTTP {r.status_code}: {r.text[:200]}")
+    try:
+        return [str(m["id"]) for m in r.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ModelError(f"{base}/v1/models did not answer an OpenAI model list") from None
+
+
+class RemoteEngine:
+    remote = True
+
+    def __init__(self, name: str, meta: dict[str, Any], settings: Settings) -> None:
+        self.name = name
+        self.url = str(meta["url"]).rstrip("/")
+        self.model = str(meta["model"])
+        self.key_env: str | None = meta.get("key_env") or None
+        self.parallel = max(1, int(meta.get("parallel") or 4))
+        self.seq_ctx_max = int(meta.get("n_ctx") or 4096)
+        self.aging_s = settings.aging_s
+        self.retries = settings.remote_retries
+        self.read_timeout_s = settings.remote_timeout_s
+        self.probe_s = settings.remote_probe_s
+        self.seqs: dict[int, RemoteGeneration] = {}
+        self.active = 0
+        self._waiting: list[_Waiter] = []
+        self._ids = itertools.count(1)
+        self.failures = 0  # requests in a row that failed after their retries
+        self.down: str | None = None  # why it is marked down
+        self._next_probe = 0.0
+        self.counts = {"requests": 0, "retries": 0, "failed": 0, "tokens": 0}
+        self._http: Any = None
+        self.closing: set[asyncio.Future[Any]] = set()  # streams being closed (KILL)
+
+    # -- the engine's interface, as the kernel uses it -----------------------------------
+    def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        nice: int = 0,
+        owner: int | None = None,
+        adapter: str | None = None,
+    ) -> RemoteGeneration:
+        if adapter is not None:
+            raise GenerationError(
+                f"{self.name} is a remote model: a local LoRA adapter cannot apply"
+            )
+        gen = RemoteGeneration(self, next(self._ids), prompt, params or SamplingParams(), nice)
+        self.seqs[gen.id] = gen
+        return gen
+
+    def kill(self, seq_id: int) -> None:
+        gen = self.seqs.get(seq_id)
+        if gen is not None:
+            gen.cancel()
+
+    def pause(self, seq_id: int) -> None:
+        gen = self.seqs.get(seq_id)
+        if gen is not None:
+            gen.running.clear()  # the stream is not read on: the server's writes back up
+
+    def resume(self, seq_id: int) -> None:
+        gen = self.seqs.get(seq_id)
+        if gen is not None:
+            gen.running.set()
+
+    def renice(self, seq_id: int, nice: int) -> None:
+        gen = self.seqs.get(seq_id)
+        if gen is not None:
+            gen.nice = nice
+            for w in self._waiting:
+                if w.ready is gen.waiter:
+                    w.nice = nice
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        raise GenerationError(f"{self.name} is a remote model: it has no local tokenizer")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.name, "remote": self.url, "remote_model": self.model,
+            "up": self.down is None, "down_reason": self.down, "active": self.active,
+            "waiting": len(self._waiting), "slots": self.parallel, **self.counts,
+        }  # fmt: skip
+
+    def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        for gen in list(self.seqs.values()):
+            gen.cancel()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- admission: at most `parallel` at once, the best nice first, with aging -----------
+    def _key(self, w: _Waiter, now: float) -> float:
+        return w.nice - (now - w.since) / self.aging_s if self.aging_s > 0 else w.nice
+
+    async def _acquire(self, gen: RemoteGeneration) -> None:
+        if self.active < self.parallel and not self._waiting:
+            self.active += 1
+            return
+        loop = asyncio.get_running_loop()
+        w = _Waiter(gen.nice, time.monotonic(), loop.create_future())
+        gen.waiter = w.ready
+        self._waiting.append(w)
+        try:
+            await w.ready
+        except asyncio.CancelledError:
+            if w in self._waiting:
+                self._waiting.remove(w)
+            elif w.ready.done() and not w.ready.cancelled():
+                self._release()  # handed a slot while being cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        if self._waiting:
+            now = time.monotonic()
+            best = min(self._waiting, key=lambda w: (self._key(w, now), w.since))
+            self._waiting.remove(best)
+            best.ready.set_result(None)  # the slot passes on: `active` is unchanged
+        else:
+            self.active -= 1
+
+    # -- health --------------------------------------------------------------------------
+    async def _check_up(self) -> None:
+        if self.down is None:
+            return
+        now = time.monotonic()
+        if now < self._next_probe:
+            raise RemoteDown(
+                f"remote model {self.name} ({self.url}) is down: {self.down}; "
+                f"next health check in {self._next_probe - now:.0f} s"
+            )
+        self._next_probe = now + self.probe_s
+        try:
+            await probe(self.url, self.key_env, wait_s=5.0)
+        except ModelError as exc:
+            self.down = str(exc)
+            raise RemoteDown(f"remote model {self.name} is down: {exc}") from None
+        self.down, self.failures = None, 0
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self.counts["failed"] += 1
+        if self.failures >= 2:  # two requests in a row, each after its retries
+            self.down = why
+            self._next_probe = time.monotonic() + self.probe_s
+
+    def client(self) -> Any:
+        import httpx
+
+        if self._http is None:
+            timeout = httpx.Timeout(10.0, read=self.read_timeout_s)
+            self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        return self._http
+
+    def body(self, prompt: Prompt, p: SamplingParams) -> tuple[str, dict[str, Any]]:
+        """The endpoint and request body for a prompt: chat messages go to
+        /v1/chat/completions (the server applies its own template), text or token ids to
+        /v1/completions."""
+        body: dict[str, Any] = {
+            "model": self.model, "stream": True, "stream_options": {"include_usage": True},
+            "temperature": p.temperature, "top_p": p.top_p,
+        }  # fmt: skip
+        if p.max_tokens is not None:
+            body["max_tokens"] = p.max_tokens
+        if p.stop:
+            body["stop"] = list(p.stop)
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.frequency_penalty:
+            body["frequency_penalty"] = p.frequency_penalty
+        if p.presence_penalty:
+            body["presence_penalty"] = p.presence_penalty
+        if p.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema", "json_schema": {"name": "schema", "schema": p.json_schema},
+            }  # fmt: skip
+        if p.grammar is not None:
+            body["grammar"] = p.grammar  # llama-server's (and llmos's) extension
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            return "/v1/chat/completions", {**body, "messages": prompt}
+        return "/v1/completions", {**body, "prompt": prompt}
+
+
+class RemoteGeneration:
+    """One remote request: iterate it for text chunks; `.text`, `.reason`, `.stats` after."""
+
+    def __init__(
+        self, engine: RemoteEngine, gid: int, prompt: Prompt, params: SamplingParams, nice: int
+    ) -> None:
+        self.engine = engine
+        self.id = gid
+        self.prompt = prompt
+        self.params = params
+        self.nice = nice
+        self.text = ""
+        self.tokens: list[int] = []  # the remote's token ids are not known here
+        self.reason: str | None = None
+        self.stats = SeqStats(submitted=time.monotonic())
+        self.running = asyncio.Event()
+        self.running.set()
+        self.waiter: asyncio.Future[None] | None = None
+        self._cancelled = False
+        self._response: Any = None
+
+    def cancel(self) -> None:
+        """KILL: stop now; an open stream is closed at once."""
+        self._cancelled = True
+        self.running.set()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.cancel()
+        if self._response is not None:
+            task = asyncio.ensure_future(self._response.aclose())
+            self.engine.closing.add(task)
+            task.add_done_callback(self.engine.closing.discard)
+
+    async def result(self) -> str:
+        async for _ in self:
+            pass
+        return self.text
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        eng = self.engine
+        try:
+            await eng._check_up()
+            await eng._acquire(self)
+        except asyncio.CancelledError:
+            self._end("killed")
+            raise
+        except GenerationError:
+            self._end("error")
+            raise
+        self.stats.admitted = time.monotonic()
+        eng.counts["requests"] += 1
+        try:
+            async for chunk in self._stream():
+                yield chunk
+            if self._cancelled:
+                self._end("killed")
+        finally:
+            eng._release()
+            if self.reason is None:
+                self._end("killed")
+
+    def _end(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.stats.finished = time.monotonic()
+        self.engine.seqs.pop(self.id, None)
+
+    async def _stream(self) -> AsyncIterator[str]:
+        import httpx
+
+        eng = self.engine
+        path, body = eng.body(self.prompt, self.params)
+        headers = _headers(eng.key_env)
+        why = ""
+        for attempt in range(eng.retries + 1):
+            if attempt:
+                eng.counts["retries"] += 1
+                await asyncio.sleep(min(4.0, 0.25 * 2 ** (attempt - 1)) * (1 + random.random()))
+            if self._cancelled:
+                return
+            try:
+                async with eng.client().stream("POST", path, json=body, headers=headers) as r:
+                    self._response = r
+                    if r.status_code in RETRYABLE_STATUS:
+                        why = f"HTTP {r.status_code}"
+                        continue
+                    if r.status_code != 200:
+                        detail = (await r.aread()).decode("utf-8", "replace")[:300]
+                        self._end("error")
+                        raise GenerationError(
+                            f"remote model {eng.name} refused the request: HTTP {r.status_code}: "
+                            f"{_message(detail)}"
+                        )
+                    async for chunk in self._events(r):
+                        yield chunk
+                    eng.failures = 0
+                    return
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                if self._cancelled:
+                    return
+                why = f"{type(exc).__name__}: {exc}".strip(": ")
+                if self.stats.generated > 0:  # tokens went out: it cannot be resumed
+                    self._end("error")
+                    raise GenerationError(
+                        f"remote model {eng.name}: the stream broke after "
+                        f"{self.stats.generated} tokens ({why})"
+                    ) from None
+            finally:
+                self._response = None
+        eng._failed(why)
+        self._end("error")
+        raise GenerationError(
+            f"remote model {eng.name} ({eng.url}) failed after {eng.retries + 1} tries: {why}"
+        )
+
+    async def _events(self, r: Any) -> AsyncIterator[str]:
+        async for line in r.aiter_lines():
+            if self._cancelled:
+                return
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue
+            usage = event.get("usage")
+            if usage:
+                self.stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                self.stats.generated = int(usage.get("completion_tokens") or self.stats.generated)
+            for choice in event.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                if choice.get("finish_reason"):
+                    self.reason = str(choice["finish_reason"])
+                if piece:
+                    await self.running.wait()
+                    if self.stats.first_token is None:
+                        self.stats.first_token = time.monotonic()
+                    self.stats.generated += 1
+                    self.engine.counts["tokens"] += 1
+                    self.text += piece
+                    yield piece
+        if not self._cancelled:
+            self._end(self.reason or "stop")
+
+
+def _message(detail: str) -> str:
+    try:
+        err = json.loads(detail).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(detail.split())
