@@ -149,6 +149,17 @@ class Settings(BaseSettings):
     spec_batch_tokens: int = Field(
         32, ge=1, description="a step's tokens up to which drafts may be added (decodes first)"
     )
+    routes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='named model routes: a name (e.g. "auto") -> models, most capable first; '
+        "a request naming the route gets the first that fits and is up (docs/SCALING.md)",
+    )
+    route_queue_limit: int = Field(
+        8, ge=1, description="a route skips a remote model with this many requests waiting"
+    )
+    route_low_nice: int = Field(
+        10, description="processes at this nice or above take a route's models smallest first"
+    )
     remote_retries: int = Field(
         3, ge=0, le=10, description="retries of a remote model request that failed before any token"
     )

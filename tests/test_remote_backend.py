@@ -48,8 +48,8 @@ async def ask(ctx: Any, text: str = "hi") -> str:
 
 
 async def local_kernel(tmp: Path, url: str, **kw: Any) -> Kernel:
-    settings = load_settings(data_dir=tmp / "local", remote_probe_s=0.2, **kw)
-    add_peer(settings.data_dir, url, kw.pop("parallel", 4) if "parallel" in kw else 4)
+    settings = load_settings(data_dir=tmp / "local", **{"remote_probe_s": 0.2, **kw})
+    add_peer(settings.data_dir, url)
     k = Kernel(settings, backend_factory=scripted_factory())
     await k.start()
     return k
@@ -269,3 +269,37 @@ def test_add_remote_probes_the_server(tmp_path: Path, peer: tuple[str, Gate]) ->
         runner.invoke(cli, ["models", "add-remote", "x", "--url", dead, "--model", "m"])
     )
     assert "cannot be reached" in line
+
+
+async def test_a_route_picks_a_model_and_falls_back(tmp_path: Path, peer: tuple[str, Gate]) -> None:
+    url, _ = peer
+    routes = {"auto": ["peer", DEFAULT_MODEL]}
+    k = await local_kernel(tmp_path, url, routes=routes)
+
+    async def ask_auto(ctx: Any) -> str:
+        r = await ctx.sys.llm.chat(messages=[{"role": "user", "content": "hi"}], model="auto")
+        return str(r.text)
+
+    try:
+        p = await k.spawn(ask_auto, caps=["llm.*"])
+        assert await k.wait(p.pid) == 0, p.error
+        assert p.info()["served_by"] == "peer" and p.info()["route"] == "route auto: peer"
+        low = await k.spawn(ask_auto, caps=["llm.*"], nice=10)  # low priority: smallest first
+        assert await k.wait(low.pid) == 0, low.error
+        assert low.info()["served_by"] == DEFAULT_MODEL and "smallest first" in low.info()["route"]
+    finally:
+        await k.shutdown()
+
+    dead = f"http://127.0.0.1:{free_port()}"  # the same route, its first model gone
+    k = await local_kernel(tmp_path / "2", dead, routes=routes, remote_retries=0, remote_probe_s=60)
+    try:
+        for _ in range(2):  # the remote fails before any output: the next model serves
+            p = await k.spawn(ask_auto, caps=["llm.*"])
+            assert await k.wait(p.pid) == 0, p.error
+            assert p.result == "You said: hi" and p.info()["served_by"] == DEFAULT_MODEL
+            assert p.info()["route"] == "route auto: peer; peer failed"
+        p = await k.spawn(ask_auto, caps=["llm.*"])  # now marked down: skipped at once
+        assert await k.wait(p.pid) == 0, p.error
+        assert p.info()["route"] == f"route auto: {DEFAULT_MODEL}; skipped peer down"
+    finally:
+        await k.shutdown()

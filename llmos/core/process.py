@@ -157,6 +157,7 @@ class Process:
     syscalls: int = 0
     gen_stats: list[Any] = field(default_factory=list)  # SeqStats of finished generations
     last_model: str | None = None  # the model of its latest generation (the default's name)
+    last_route: str | None = None  # how a route chose that model, when one was named
     mailbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     scratch: Path | None = None  # sandboxed tools' working directory, removed at exit
     log_path: Path | None = None  # the full log on disk (stdout's ring buffer is bounded)
@@ -206,6 +207,8 @@ class Process:
             "state": self.state.value,
             "nice": self.nice,
             "model": self.model or self.last_model,  # what it asked for, else what it used
+            "served_by": self.last_model,
+            "route": self.last_route,
             "parent": self.parent,
             "tokens": self.tokens + sum(s.generated for s in live),
             "tok_s": first.tokens_per_s if first else (self.status or {}).get("tok_s"),

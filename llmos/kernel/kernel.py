@@ -19,14 +19,14 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from llmos.config import Settings, load_settings
 from llmos.core.context import Context
 from llmos.core.process import Budgets, OutputStream, Process, ProcessState, Program, Signal
 from llmos.core.sampling import SamplingParams
 from llmos.core.syscall import SyscallTable
-from llmos.errors import NoSuchProcess, UserError
+from llmos.errors import GenerationError, NoSuchProcess, UserError
 from llmos.kernel import registry
 from llmos.kernel.chat import Message, choose_format, render_chat, resolve_format
 from llmos.kernel.engine import EngineCore, Generation
@@ -461,8 +461,9 @@ class Kernel:
         format is given (per call, or per model in the `chat_formats` setting); a GGUF
         without a template uses its family's well-known format where there is one. A
         remote model gets the messages themselves (its server applies its template)."""
-        if self.models.remote(model or self.settings.default_model) is not None:
-            return messages
+        name = model or self.settings.default_model
+        if name in self.settings.routes or self.models.remote(name) is not None:
+            return messages  # rendered for the model a route picks, or by the remote server
         engine = await self.engine(model)
         text, add_special = self.chat_text(engine, messages, chat_format=chat_format)
         return engine.backend.tokenize(text, add_special=add_special)
@@ -504,8 +505,66 @@ class Kernel:
         stream: bool = True,
     ) -> Generation:
         """Generate for a process on the shared engine (or a remote model's), streaming to
-        its stdout."""
-        base, adapter = self.split_model(model or proc.model)
+        its stdout. A route's name (the `routes` setting) picks the model (`route`); when
+        the one picked fails before any output, the next candidate serves."""
+        name = model or proc.model or self.settings.default_model
+        if name not in self.settings.routes:
+            return await self._generate_on(proc, prompt, params, name, stream)
+        candidates, why = self.route(name, proc)
+        for i, chosen in enumerate(candidates):
+            target = prompt
+            if _is_messages(prompt) and self.models.remote(chosen) is None:
+                target = await self.render_chat(cast(list[Message], prompt), chosen)
+            proc.last_route = why if i == 0 else f"{why}; {candidates[i - 1]} failed"
+            before = proc.tokens
+            try:
+                return await self._generate_on(proc, target, params, chosen, stream)
+            except GenerationError as exc:
+                if proc.tokens != before or i + 1 == len(candidates):
+                    raise  # output went out (it cannot move), or nothing is left to try
+                log.info(
+                    "route %s: %s failed (%s); trying %s", name, chosen, exc, candidates[i + 1]
+                )
+        raise AssertionError("unreachable: route() returns at least one candidate")
+
+    def route(self, name: str, proc: Process) -> tuple[list[str], str]:
+        """The models of route `name` to try, in order, and why: its models as listed
+        (most capable first), or smallest first for a process at `route_low_nice` or
+        above; a remote model marked down, or with `route_queue_limit` requests waiting,
+        goes to the end (tried only if all else fails). Deterministic given those inputs."""
+        s = self.settings
+        order = list(s.routes[name])
+        low = proc.nice >= s.route_low_nice
+        if low:
+            order.reverse()
+        ready, later, notes = [], [], []
+        for m in order:
+            eng = self.models.remote(m)
+            if eng is not None and eng.down is not None:
+                later.append(m)
+                notes.append(f"{m} down")
+            elif eng is not None and eng.snapshot()["waiting"] >= s.route_queue_limit:
+                later.append(m)
+                notes.append(f"{m} queue {eng.snapshot()['waiting']}")
+            else:
+                ready.append(m)
+        if not ready and not later:
+            raise GenerationError(f"route {name!r} names no model")
+        first = (ready or later)[0]
+        why = f"route {name}: {first}" + (f" (nice {proc.nice}: smallest first)" if low else "")
+        if notes:
+            why += f"; skipped {', '.join(notes)}"
+        return ready + later, why
+
+    async def _generate_on(
+        self,
+        proc: Process,
+        prompt: str | list[int] | list[Message],
+        params: SamplingParams | None,
+        model: str,
+        stream: bool,
+    ) -> Generation:
+        base, adapter = self.split_model(model)
         engine: Any = self.models.remote(base) or await self.engine(base)
         proc.last_model = f"{engine.name}+{adapter.name}" if adapter else engine.name
         gen = engine.generate(
@@ -534,6 +593,10 @@ class Kernel:
             if proc.state is ProcessState.BLOCKED:
                 self._set_state(proc, ProcessState.RUNNING)
         return gen
+
+
+def _is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
 
 
 # The kernel's own services (memory/service.py declares the memory FS and the embedder).
