@@ -261,6 +261,8 @@ class RemoteEngine:
             }  # fmt: skip
         if p.grammar is not None:
             body["grammar"] = p.grammar  # llama-server's (and llmos's) extension
+        if p.ignore_eos:
+            body["ignore_eos"] = True  # likewise
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
             return "/v1/chat/completions", {**body, "messages": prompt}
         return "/v1/completions", {**body, "prompt": prompt}
