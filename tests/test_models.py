@@ -40,7 +40,9 @@ def manager(
         b.size_bytes = sizes[entry.name]  # type: ignore[attr-defined]
         return b
 
-    lib.get = lambda name: type("E", (), {"name": name, "path": tmp_path / f"{name}.gguf", "remote": False})()  # type: ignore[method-assign]
+    lib.get = lambda name: type(
+        "E", (), {"name": name, "path": tmp_path / f"{name}.gguf", "remote": False}
+    )()  # type: ignore[method-assign]
     clock = Clock()
     return ModelManager(s, lib, backend_factory=factory, clock=clock), clock, loaded
 

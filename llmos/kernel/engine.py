@@ -197,6 +197,45 @@ class EngineStats:
         }
 
 
+class LoadWindow:
+    """The last `span_s` seconds of traffic: arrivals, and each served request's wait for a
+    slot and its service time (admission to end). `figures` gives what a queueing model
+    needs (llmos/ops/capacity.py turns them into utilisation and a predicted wait)."""
+
+    def __init__(self, span_s: float = 120.0) -> None:
+        self.span_s = span_s
+        self.arrivals: deque[float] = deque()
+        self.done: deque[tuple[float, float, float]] = deque()  # (when, wait, service)
+
+    def arrived(self, now: float) -> None:
+        self.arrivals.append(now)
+
+    def served(self, now: float, wait: float, service: float) -> None:
+        self.done.append((now, max(0.0, wait), max(0.0, service)))
+
+    def figures(self, now: float) -> dict[str, Any]:
+        cut = now - self.span_s
+        while self.arrivals and self.arrivals[0] < cut:
+            self.arrivals.popleft()
+        while self.done and self.done[0][0] < cut:
+            self.done.popleft()
+        span = min(self.span_s, now - self.arrivals[0]) if self.arrivals else 0.0
+        out: dict[str, Any] = {
+            "arrival_rate": len(self.arrivals) / span if span > 1.0 else None,
+            "wait_measured_s": None, "service_s": None, "service_cs2": None,
+        }  # fmt: skip
+        if self.done:
+            waits = [w for _, w, _ in self.done]
+            services = [sv for _, _, sv in self.done]
+            mean = sum(services) / len(services)
+            out["wait_measured_s"] = sum(waits) / len(waits)
+            out["service_s"] = mean
+            if mean > 0 and len(services) > 1:
+                var = sum((x - mean) ** 2 for x in services) / len(services)
+                out["service_cs2"] = var / mean**2
+        return out
+
+
 class _AsyncSink:
     """Delivers a sequence's events to an asyncio queue on its loop (thread-safe)."""
 
@@ -310,6 +349,7 @@ class EngineCore:
         # the cost of a step, fitted on every step: seconds = fixed + per_token * tokens
         # (decayed sums of 1, x, y, x*x, x*y); fast-forward weighs its drafts with it
         self._fit = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._load = LoadWindow()  # arrivals, waits and service times: for `top`, /metrics
         self.adapter_quantum = adapter_quantum
         self._ids = itertools.count(1)
         self._rr = itertools.count(1)
@@ -413,6 +453,7 @@ class EngineCore:
             "kv_cells_used": self.kv_used(),
             "kv_cells": self.kv_budget,
             **self.stats.as_dict(),
+            **self._load.figures(self.clock()),
         }
 
     def kv_used(self) -> int:
@@ -1089,14 +1130,18 @@ class EngineCore:
             seq.sampler = None
         seq.saved = None
         seq.state = SeqState.DONE
-        seq.stats.finished = self.clock()
+        now = seq.stats.finished = self.clock()
         self.seqs.pop(seq.id, None)
+        st = seq.stats
+        if keep and st.admitted is not None:  # a served request: its wait and service time
+            self._load.served(now, st.admitted - st.submitted, now - st.admitted)
         self._deliver(seq, DoneEvent(reason, seq.stats, error))
 
     def _add(self, seq: Sequence) -> None:
         seq.rr = next(self._rr)
         seq.wait_since = self.clock()
         self.seqs[seq.id] = seq
+        self._load.arrived(seq.wait_since)
 
     def _set_paused(self, seq_id: int, paused: bool) -> None:
         seq = self.seqs.get(seq_id)

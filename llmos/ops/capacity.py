@@ -273,3 +273,23 @@ def parse_duration(text: str) -> float:
     if unit not in _UNITS or not math.isfinite(n) or n < 0:
         raise ValueError(f"expected a duration such as 5s or 500ms, got {text!r}")
     return n * _UNITS[unit]
+
+
+def predicted(snap: Mapping[str, object]) -> dict[str, float | None]:
+    """Utilisation and the predicted mean wait for a slot of a running engine, from its
+    `snapshot()` (the last two minutes' arrival rate, mean service time and its cs2, its
+    slots): the Allen-Cunneen G/G/c wait beside the measured one. None where the window
+    has too little traffic, or the load is at or past what the slots serve."""
+    rate, service, slots = snap.get("arrival_rate"), snap.get("service_s"), snap.get("slots")
+    out: dict[str, float | None] = {"utilisation": None, "wait_predicted_s": None}
+    if not isinstance(rate, float | int) or not isinstance(service, float | int):
+        return out
+    if not isinstance(slots, int) or slots < 1 or service <= 0:
+        return out
+    rho = rate * service / slots
+    out["utilisation"] = rho
+    if rho < 1:
+        cs2 = snap.get("service_cs2")
+        cs2 = float(cs2) if isinstance(cs2, float | int) else 1.0
+        out["wait_predicted_s"] = mmc(rate, float(service), slots, cs2=cs2).mean_wait_s
+    return out

@@ -117,6 +117,21 @@ class _KernelCollector(Collector):
             for s in snaps:
                 family.add_metric([str(s["model"])], s[key])
             yield family
+        from llmos.ops.capacity import predicted
+
+        load = {
+            "arrival_rate": "requests per second arriving (last two minutes)",
+            "utilisation": "offered load over the slots: arrival rate x mean service / slots",
+            "wait_measured_s": "mean wait for a slot, measured (last two minutes)",
+            "wait_predicted_s": "mean wait for a slot, predicted (G/G/c, Allen-Cunneen)",
+        }
+        figures = [(str(s["model"]), {**s, **predicted(s)}) for s in snaps]
+        for key, help_ in load.items():
+            gauge = GaugeMetricFamily(f"llmos_engine_{key}", help_, labels=["model"])
+            for model, f in figures:
+                if f.get(key) is not None:
+                    gauge.add_metric([model], float(f[key]))
+            yield gauge
         yield GaugeMetricFamily(
             "llmos_uptime_seconds", "seconds since the kernel booted",
             value=round(time.time() - k.boot_time, 3),

@@ -77,7 +77,13 @@ def router(api: Api) -> APIRouter:
         """Kernel-wide figures, as `llmos top`: processes alive, and per loaded model its
         slots, KV cells, steps and tokens (speculation's drafted and accepted, fast-forward's
         forced and forced_kept included)."""
-        return k.top()
+        from llmos.ops.capacity import predicted
+
+        top = k.top()
+        for m in top["models"]:
+            if "kv_cells" in m:  # a local engine: its load against the queueing model
+                m.update(predicted(m))
+        return top
 
     @r.get("/v1/processes/{pid}", tags=["processes"])
     async def get_process(pid: int) -> dict[str, Any]:

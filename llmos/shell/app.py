@@ -500,7 +500,16 @@ class LlmosShell(App[None]):
         self.action_toggle_panel()
         top = await self.backend.top()
         self.say(f"{top['processes']} live processes")
+        from llmos.ops.capacity import predicted
+
         for s in top["models"]:
+            if s.get("remote"):
+                state = "up" if s.get("up") else f"down ({s.get('down_reason')})"
+                self.say(
+                    f"{s['model']}: remote {s['remote']}, {state}, {s['active']} active, "
+                    f"{s['waiting']} waiting, {s['requests']} requests, {s['retries']} retries"
+                )
+                continue
             if "kv_cells" not in s:  # a daemon's model: loaded, figures not served
                 self.say(f"{s['model']}: loaded")
                 continue
@@ -509,6 +518,15 @@ class LlmosShell(App[None]):
                 f"KV {s['kv_cells_used']}/{s['kv_cells']}, {s['steps_per_s']:.1f} steps/s, "
                 f"{s['tokens_decoded']} tokens decoded"
             )
+            f = {**s, **predicted(s)}
+            if f.get("arrival_rate") is not None and f.get("utilisation") is not None:
+                pred = f.get("wait_predicted_s")
+                meas = f.get("wait_measured_s")
+                self.say(
+                    f"  load: {f['arrival_rate']:.2f} req/s, utilisation {f['utilisation']:.2f}, "
+                    f"wait {meas or 0:.2f} s measured / "
+                    + (f"{pred:.2f} s predicted" if pred is not None else "overloaded")
+                )
 
     async def _pid(self, text: str) -> int:
         try:

@@ -243,8 +243,8 @@ class LocalBackend:
 
     def describe(self, memory_mb: Callable[[], float]) -> str:
         snaps = self.engines()
-        kv = sum(s["kv_cells_used"] for s in snaps)
-        kv_all = sum(s["kv_cells"] for s in snaps)
+        kv = sum(s.get("kv_cells_used", 0) for s in snaps)  # (a remote model has none)
+        kv_all = sum(s.get("kv_cells", 0) for s in snaps)
         return f"KV {kv}/{kv_all} | mem {memory_mb():.0f} MB"
 
     async def load_model(self, name: str, progress: Callable[[float], None]) -> None:
