@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -303,3 +304,36 @@ async def test_a_route_picks_a_model_and_falls_back(tmp_path: Path, peer: tuple[
         assert p.info()["route"] == f"route auto: {DEFAULT_MODEL}; skipped peer down"
     finally:
         await k.shutdown()
+
+
+def test_the_rest_api_serves_remote_models_and_routes(
+    tmp_path: Path, peer: tuple[str, Gate]
+) -> None:
+    """A client of this daemon reaches a model another engine serves, by name or route."""
+    import openai
+
+    url, _ = peer
+    settings = load_settings(data_dir=tmp_path / "front", routes={"auto": ["peer", DEFAULT_MODEL]})
+    add_peer(settings.data_dir, url)
+    app = create_app(settings, backend_factory=scripted_factory())
+    with BackgroundServer(app) as front:
+        oai = openai.OpenAI(base_url=f"{front}/v1", api_key="none")
+        ids = {m.id for m in oai.models.list().data}
+        assert {"peer", DEFAULT_MODEL} <= ids
+        card = httpx.get(f"{front}/v1/models/peer").json()
+        assert card["remote"] == url and card["status"] == {"value": "remote"}
+        chat = oai.chat.completions.create(
+            model="peer", messages=[{"role": "user", "content": "over there"}], max_tokens=20
+        )
+        assert chat.choices[0].message.content == "You said: over there"
+        assert chat.usage is not None and chat.usage.completion_tokens > 0
+        parts = oai.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "routed"}], stream=True
+        )
+        assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == (
+            "You said: routed"
+        )
+        done = oai.completions.create(
+            model="peer", prompt="<|user|>raw\n<|assistant|>", max_tokens=20
+        )
+        assert done.choices[0].text == "You said: raw"

@@ -72,7 +72,8 @@ class Plan:
     """What an endpoint asks to generate."""
 
     model: str
-    prompt: list[int]
+    # token ids; or, for a remote model or a route, chat messages or text as they are
+    prompt: list[int] | list[dict[str, Any]] | str
     max_tokens: int | None
     shape: Shape
     schema: dict[str, Any] | None = None
@@ -82,7 +83,7 @@ class Plan:
 class _Job:
     """What a request's process generates, and what came of it."""
 
-    prompt: list[int]
+    prompt: list[int] | list[dict[str, Any]] | str
     params: SamplingParams
     model: str
     gen: Generation | None = None
@@ -150,8 +151,15 @@ async def respond(
 
 async def _prepare(api: Api, body: SamplingFields, plan: Plan) -> _Job:
     prompt, max_tokens = plan.prompt, plan.max_tokens
-    engine = await api.kernel.engine(plan.model)
     cap = api.settings.server_max_tokens
+    if not _tokens(prompt):  # a remote model or a route: the serving engine checks the context
+        if max_tokens is None:
+            max_tokens = min(api.settings.max_tokens_default, cap)
+        params = compat.sampling_params(
+            body, max_tokens=max_tokens, cap=cap, json_schema=plan.schema
+        )
+        return _Job(prompt, params, plan.model)
+    engine = await api.kernel.engine(plan.model)
     room = engine.seq_ctx_max - len(prompt)
     if max_tokens is not None and max_tokens <= cap and max_tokens > room:
         raise ApiError(
@@ -167,6 +175,10 @@ async def _prepare(api: Api, body: SamplingFields, plan: Plan) -> _Job:
         max_tokens = min(api.settings.max_tokens_default, cap, room)
     params = compat.sampling_params(body, max_tokens=max_tokens, cap=cap, json_schema=plan.schema)
     return _Job(prompt, params, plan.model)
+
+
+def _tokens(prompt: Any) -> bool:
+    return isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int))
 
 
 async def _settled(

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -136,12 +136,9 @@ def router(api: Api) -> APIRouter:
             messages = compat.kernel_messages(body.messages)
             if tools is not None:
                 messages = compat.with_tool_prompt(messages, tools)
-            prompt = await k.render_chat(messages, model)
-            if not prompt or not isinstance(prompt[0], int):
-                raise ApiError(400, f"{model} is a remote model: not served over REST yet")
+            prompt = await k.render_chat(messages, model)  # (a remote's or route's: messages)
             max_tokens = body.max_completion_tokens or body.max_tokens
-            tokens = cast(list[int], prompt)
-            return Plan(model, tokens, max_tokens, ChatShape(model, tools), schema)
+            return Plan(model, prompt, max_tokens, ChatShape(model, tools), schema)
 
         return await respond(api, request, body, "api:chat", plan)
 
@@ -157,6 +154,8 @@ def router(api: Api) -> APIRouter:
                 text = body.prompt
             if not text:
                 raise ApiError(400, "prompt must not be empty", param="prompt")
+            if k.models.remote(model) is not None or model in k.settings.routes:
+                return Plan(model, text, body.max_tokens, CompletionShape(model))
             engine = await k.engine(model)
             return Plan(model, engine.tokenize(text), body.max_tokens, CompletionShape(model))
 

@@ -71,7 +71,9 @@ class Api:
     def models(self) -> list[ModelEntry]:
         """Servable models: the default first, then the loaded ones, then the rest. Many
         clients take the first model listed; it must be one that chats."""
-        entries = [e for e in self.kernel.library.list() if e.path.is_file() or e.builtin]
+        entries = [
+            e for e in self.kernel.library.list() if e.remote or e.path.is_file() or e.builtin
+        ]
         loaded = list(self.kernel.models.loaded)
         default = self.settings.default_model
 
@@ -91,6 +93,14 @@ class Api:
         """An OpenAI model object, with llmos's fields beside it (as llama-server's router
         mode adds `status`): whether it is the default, loaded, and can chat."""
         lib = self.kernel.library
+        if entry.remote:  # served by another engine, with its own chat template
+            meta = entry.meta or {}
+            return {
+                "id": entry.name, "object": "model", "created": int(self.kernel.boot_time),
+                "owned_by": "llmos", "status": {"value": "remote"},
+                "default": entry.name == self.settings.default_model, "can_chat": True,
+                "chat_format": "the remote server's", "remote": meta.get("url"),
+            }  # fmt: skip
         base = lib.get(entry.base) if entry.kind == "lora" and entry.base else entry
         fmt = lib.chat_format(base, self.settings.chat_formats)  # an adapter chats as its base
         loaded = base.name in self.kernel.models.loaded
@@ -118,6 +128,8 @@ class Api:
                 404, f"unknown model {name!r} (BASE+ADAPTER needs a model and an adapter)",
                 param="model", code="model_not_found",
             )  # fmt: skip
+        if name in self.settings.routes:  # a route picks the model per request
+            return name
         if name not in self.model_names():  # names only: a client never picks a file path
             raise ApiError(404, f"unknown model {name!r}", param="model", code="model_not_found")
         return name
