@@ -540,12 +540,13 @@ class Kernel:
         ready, later, notes = [], [], []
         for m in order:
             eng = self.models.remote(m)
+            waiting = eng.waiting if eng is not None else 0
             if eng is not None and eng.down is not None:
                 later.append(m)
                 notes.append(f"{m} down")
-            elif eng is not None and eng.snapshot()["waiting"] >= s.route_queue_limit:
+            elif waiting >= s.route_queue_limit:
                 later.append(m)
-                notes.append(f"{m} queue {eng.snapshot()['waiting']}")
+                notes.append(f"{m} queue {waiting}")
             else:
                 ready.append(m)
         if not ready and not later:

@@ -471,7 +471,8 @@ class ModelManager:
         eng = self.remotes.get(name)
         if eng is not None:
             return eng
-        if "+" in name or name.endswith(".gguf"):
+        # a loaded model is a local one: no catalog read on every generation's way
+        if name in self.loaded or "+" in name or name.endswith(".gguf"):
             return None
         try:
             entry = self.library.get(name)

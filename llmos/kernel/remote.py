@@ -157,11 +157,16 @@ class RemoteEngine:
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         raise GenerationError(f"{self.name} is a remote model: it has no local tokenizer")
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued here beyond `parallel`."""
+        return len(self._waiting)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "model": self.name, "remote": self.url, "remote_model": self.model,
             "up": self.down is None, "down_reason": self.down, "active": self.active,
-            "waiting": len(self._waiting), "slots": self.parallel, **self.counts,
+            "waiting": self.waiting, "slots": self.parallel, **self.counts,
         }  # fmt: skip
 
     def start(self) -> None:
