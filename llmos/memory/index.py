@@ -243,6 +243,26 @@ def _drop(client: Any, name: str, url: str = "") -> None:
         pass  # already gone (wiped on the server): nothing to drop
 
 
+def _nearest(
+    collection: Any, vector: Any, k: int, key: str, where: dict[str, Any] | None = None
+) -> list[tuple[str, str, float, int]]:
+    """(chunk id, its metadata's `key`, score, chunk number) of the k nearest chunks, no
+    text (a private collection keys chunks by path, the shared one by the text's sha)."""
+    res = collection.query(
+        query_embeddings=[vector],
+        n_results=k,
+        where=where,
+        include=["metadatas", "distances"],
+    )
+    ids = res["ids"][0]
+    metas = (res["metadatas"] or [[]])[0]
+    dists = (res["distances"] or [[]])[0]
+    return [
+        (cid, str(m[key]), 1.0 - float(d), int(m["chunk"]))
+        for cid, m, d in zip(ids, metas, dists, strict=False)
+    ]
+
+
 class Index:
     """One Chroma collection of chunks, ids `path#n`, metadata path/scope/sha: the embedded
     store's `memory`, or a kernel's private collection on a server (`open_client`)."""
@@ -401,18 +421,7 @@ class Index:
     def nearest(self, vector: Any, k: int) -> list[tuple[str, str, float, int]]:
         """(chunk id, path, score, chunk number) of the k nearest chunks, no text: the cheap
         first pass of a scoped search (texts are fetched for the few kept, see `texts`)."""
-        res = self.collection.query(
-            query_embeddings=[vector],  # type: ignore[arg-type]
-            n_results=k,
-            include=["metadatas", "distances"],
-        )
-        ids = res["ids"][0]
-        metas = (res["metadatas"] or [[]])[0]
-        dists = (res["distances"] or [[]])[0]
-        return [
-            (cid, str(m["path"]), 1.0 - float(d), int(m["chunk"]))  # type: ignore[arg-type]
-            for cid, m, d in zip(ids, metas, dists, strict=False)
-        ]
+        return _nearest(self.collection, vector, k, "path")
 
     def texts(self, ids: Sequence[str]) -> dict[str, str]:
         if not ids:  # Chroma rejects an empty id list ("Expected IDs to be a non-empty list")
@@ -515,19 +524,7 @@ class SharedChunks:
     def _query(
         self, vector: Any, k: int, where: dict[str, Any] | None
     ) -> list[tuple[str, str, float, int]]:
-        res = self.collection.query(
-            query_embeddings=[vector],  # type: ignore[arg-type]
-            n_results=k,
-            where=where,
-            include=["metadatas", "distances"],
-        )
-        ids = res["ids"][0]
-        metas = (res["metadatas"] or [[]])[0]
-        dists = (res["distances"] or [[]])[0]
-        return [
-            (cid, str(m["sha"]), 1.0 - float(d), int(m["chunk"]))  # type: ignore[arg-type]
-            for cid, m, d in zip(ids, metas, dists, strict=False)
-        ]
+        return _nearest(self.collection, vector, k, "sha", where)
 
     def texts(self, ids: Sequence[str]) -> dict[str, str]:
         if not ids:
