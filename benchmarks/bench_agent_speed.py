@@ -38,9 +38,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_path, threads
+from _common import threads
 from bench_react import tasks as react_tasks
-from bench_server import free_port, run_server
+from bench_server import free_port, llama_server, run_server
 
 MODEL = "smollm2-135m-instruct"
 PEOPLE = ["a baker", "a pilot", "a nurse", "a painter", "a farmer", "a teacher", "a diver"]
@@ -182,21 +182,10 @@ def serve_llmos(ff: bool, spec: str, slots: int) -> tuple[Any, str]:
     return run_server([sys.executable, "-m", "llmos", "serve", "--port", str(port)], url, env), url
 
 
-def serve_peer(server: str, slots: int) -> tuple[Any, str]:
-    port = free_port()
-    cmd = [
-        server, "-m", str(model_path()), "-np", str(slots), "-c", str(slots * 2048),
-        "-t", str(threads()), "-tb", str(threads()), "--port", str(port), "--host", "127.0.0.1",
-        "--no-webui",
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    return run_server(cmd, url), url
-
-
 def side(name: str, work: str, args: argparse.Namespace) -> dict[str, Any]:
     slots = 1 if work == "react" else 8
     if name == "llama-server":
-        proc, url = serve_peer(args.llama_server, slots)
+        proc, url = llama_server(args.llama_server, slots, 2048)
     else:
         ff = name == "llmos"
         proc, url = serve_llmos(ff, "auto" if ff else "off", slots)

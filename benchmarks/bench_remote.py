@@ -27,21 +27,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_path, threads
-from bench_server import free_port, run_server
+from bench_server import llama_server
 
 PROMPT = "Story {i}: Once upon a time in a small town by the sea,"
-
-
-def serve_peer(server: str, slots: int = 8) -> tuple[Any, str]:
-    port = free_port()
-    cmd = [
-        server, "-m", str(model_path()), "-np", str(slots), "-c", str(slots * 1024),
-        "-t", str(threads()), "-tb", str(threads()), "--port", str(port), "--host", "127.0.0.1",
-        "--no-webui",
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    return run_server(cmd, url), url
 
 
 async def direct(url: str, tokens: int, n: int = 8) -> tuple[float, int]:
@@ -153,7 +141,7 @@ def main() -> None:
     ap.add_argument("--only", default="proxy,failover")
     args = ap.parse_args()
     if "proxy" in args.only:
-        proc, url = serve_peer(args.llama_server)
+        proc, url = llama_server(args.llama_server, 8, 1024)
         try:
             ours, theirs = [], []
             for _ in range(args.turns):
@@ -172,8 +160,8 @@ def main() -> None:
             f"llmos / direct: {statistics.median(ours) / statistics.median(theirs):.3f}x (medians)"
         )
     if "failover" in args.only:
-        pa, a = serve_peer(args.llama_server)
-        pb, b = serve_peer(args.llama_server)
+        pa, a = llama_server(args.llama_server, 8, 1024)
+        pb, b = llama_server(args.llama_server, 8, 1024)
         try:
             out = asyncio.run(failover(a, b, pa, args.requests, args.tokens, args.kill_after))
         finally:

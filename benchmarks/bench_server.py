@@ -112,6 +112,22 @@ def run_server(
     return proc
 
 
+def llama_server(
+    server: str, slots: int, ctx_per_slot: int, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-server on the packaged model, loopback, this machine's threads, `slots`
+    parallel slots of `ctx_per_slot` cells (and `extra` flags), started and healthy:
+    (its process, its URL)."""
+    port = free_port()
+    cmd = [
+        server, "-m", str(model_path()), "-np", str(slots), "-c", str(slots * ctx_per_slot),
+        "-t", str(threads()), "-tb", str(threads()), "--port", str(port), "--host", "127.0.0.1",
+        "--no-webui", *extra,
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    return run_server(cmd, url), url
+
+
 def measure(
     cmd: list[str], url: str, n: int, rounds: int, repeat: int, env: dict[str, str] | None = None
 ) -> tuple[float, int, float]:

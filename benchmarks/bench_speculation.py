@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_path, threads
-from bench_server import free_port, run_server
+from _common import threads
+from bench_server import free_port, llama_server, run_server
 
 MODEL = "smollm2-135m-instruct"
 
@@ -120,16 +120,10 @@ def side_llmos(spec: str, qs: list[str], clients: int, tokens: int, fa: str) -> 
 def side_peer(
     server: str, spec: str, draft_max: int, qs: list[str], clients: int, tokens: int, fa: str
 ) -> dict[str, Any]:
-    port = free_port()
-    cmd = [
-        server, "-m", str(model_path()), "-np", str(clients), "-c", str(clients * 4096),
-        "-t", str(threads()), "-tb", str(threads()), "--port", str(port), "--host", "127.0.0.1",
-        "--no-webui", "-fa", fa,
-    ]  # fmt: skip
+    extra = ["-fa", fa]
     if spec != "none":
-        cmd += ["--spec-type", spec, "--spec-draft-n-max", str(draft_max)]
-    url = f"http://127.0.0.1:{port}"
-    proc = run_server(cmd, url)
+        extra += ["--spec-type", spec, "--spec-draft-n-max", str(draft_max)]
+    proc, url = llama_server(server, clients, 4096, *extra)
     try:
         dt, made, texts = asyncio.run(load(url, qs, clients, tokens))
     finally:
