@@ -36,6 +36,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def until(cond: Any, within_s: float = 4.0) -> None:
+    """Poll `cond` on the loop (the remote engine's state changes in other tasks) until it
+    holds or `within_s` passes; the caller's assert says what was expected."""
+    for _ in range(int(within_s / 0.02)):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+
+
 def add_peer(data_dir: Path, url: str, parallel: int = 4) -> None:
     meta = remote_meta(url, DEFAULT_MODEL, key_env=None, parallel=parallel, n_ctx=4096)
     ModelLibrary(data_dir).add_remote("peer", meta)
@@ -95,15 +104,9 @@ async def test_requests_beyond_the_limit_wait_best_priority_first(
         first = await k.spawn(ask, "first", caps=["llm.*"])
         engine = k.models.remote("peer")
         assert engine is not None
-        for _ in range(200):
-            if engine.active == 1:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: engine.active == 1)
         procs = [await k.spawn(ask, f"n{n}", caps=["llm.*"], nice=n) for n in (10, 0, -5)]
-        for _ in range(200):
-            if len(engine._waiting) == 3:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: engine.waiting == 3)
         assert engine.snapshot()["waiting"] == 3 and engine.active == 1
         gate.open.set()
         for p in [first, *procs]:
@@ -124,18 +127,12 @@ async def test_kill_closes_the_stream_at_once(tmp_path: Path, peer: tuple[str, G
         p = await k.spawn(ask, "stuck", caps=["llm.*"])
         engine = k.models.remote("peer")
         assert engine is not None
-        for _ in range(200):
-            if engine.active == 1:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: engine.active == 1)
         t0 = time.monotonic()
         k.signal(p.pid, Signal.KILL)
         await k.wait(p.pid)
         assert time.monotonic() - t0 < 2.0 and p.exit_code == -9
-        for _ in range(100):
-            if engine.active == 0 and not engine.seqs:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: engine.active == 0 and not engine.seqs, 2.0)
         assert engine.active == 0 and not engine.seqs
     finally:
         gate.open.set()
