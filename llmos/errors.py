@@ -119,6 +119,10 @@ class ContextOverflow(GenerationError, SyscallError):
     kind = "context_overflow"
 
 
+class InvalidGrammar(GenerationError, UserError):
+    """A GBNF grammar llama.cpp cannot parse: the caller's to mend."""
+
+
 class ProcessError(LlmosError):
     pass
 

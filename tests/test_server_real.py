@@ -147,6 +147,25 @@ def test_text_completion(oai: openai.OpenAI) -> None:
     assert r.usage is not None and r.usage.completion_tokens <= 8
 
 
+def test_a_gbnf_grammar_is_followed(oai: openai.OpenAI) -> None:
+    """llama-server's `grammar` extension, on both endpoints (a client's extra_body)."""
+    r = oai.completions.create(
+        model=MODEL, prompt="Write the number seven in digits:", max_tokens=8, temperature=0,
+        extra_body={"grammar": 'root ::= "7"'},
+    )  # fmt: skip
+    assert r.choices[0].text == "7" and r.choices[0].finish_reason == "stop"
+    chat = oai.chat.completions.create(
+        model=MODEL, messages=user("Is the sky green?"), max_tokens=8, temperature=0,
+        extra_body={"grammar": 'root ::= "yes" | "no"'},
+    )  # fmt: skip
+    assert chat.choices[0].message.content in ("yes", "no")
+    with pytest.raises(openai.BadRequestError) as ei:
+        oai.completions.create(
+            model=MODEL, prompt="x", max_tokens=8, extra_body={"grammar": "root ::= nowhere"}
+        )
+    assert ei.value.body["param"] == "grammar"  # type: ignore[index]
+
+
 def test_openai_errors_from_the_real_model(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as ei:
         oai.chat.completions.create(model=MODEL, messages=user("word " * 3000), max_tokens=8)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos.core.sampling import SamplingParams
-from llmos.errors import GenerationError, ModelError
+from llmos.errors import GenerationError, InvalidGrammar, ModelError
 from llmos.kernel.backend import BatchEntry, DecodeNoSpace
 from llmos.kernel.gguf import read_gguf
 
@@ -383,7 +383,7 @@ class LlamaBackend:
             g = L.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
             if not g:
                 L.llama_sampler_free(chain)
-                raise GenerationError("invalid grammar (llama.cpp could not parse it)")
+                raise InvalidGrammar("invalid grammar (llama.cpp could not parse it)")
             self._grammars[id(chain)] = g
             if params.greedy and self.grammar_last:  # apart from the chain: see below
                 self._apart[id(chain)] = g

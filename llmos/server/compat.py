@@ -190,6 +190,7 @@ def sampling_params(
             max_tokens=max_tokens,
             stop=stop,
             json_schema=json_schema,
+            grammar=req.grammar,
             ignore_eos=req.ignore_eos,
         )
     except ValueError as exc:

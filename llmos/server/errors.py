@@ -11,6 +11,7 @@ from typing import Any
 from llmos.errors import (
     ApprovalDenied,
     ContextOverflow,
+    InvalidGrammar,
     LlmosError,
     ModelNotFound,
     NoSuchProcess,
@@ -67,6 +68,8 @@ def from_llmos(exc: LlmosError) -> ApiError:
     """The HTTP face of a kernel error: who must act decides the status."""
     if isinstance(exc, ContextOverflow):
         return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, InvalidGrammar):
+        return ApiError(400, str(exc), param="grammar")
     if isinstance(exc, ModelNotFound):
         return ApiError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoSuchProcess):

@@ -98,6 +98,9 @@ class SamplingFields(_Lenient):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool = False
+    grammar: str | None = Field(
+        None, max_length=65536, description="GBNF the output must follow (as llama-server's)"
+    )
 
 
 class ChatCompletionRequest(SamplingFields):
