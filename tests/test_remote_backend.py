@@ -22,7 +22,7 @@ from llmos.config import load_settings
 from llmos.core.process import Signal
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.models import DEFAULT_MODEL, ModelLibrary
-from llmos.kernel.remote import remote_meta
+from llmos.kernel.remote import probe_features, remote_meta
 from llmos.server import BackgroundServer, create_app
 from tests.conftest import one_line_error, scripted_factory
 from tests.test_server import Gate, serve_scripted
@@ -248,6 +248,11 @@ async def test_the_real_model_served_remotely(tmp_path: Path, real_model_path: P
             assert await k.wait(p.pid) == 0, p.error
             assert p.result.strip() and p.gen_stats[0].generated > 0
             assert p.gen_stats[0].ttft is not None and p.gen_stats[0].tokens_per_s
+            # the real model follows both constraints, as add-remote's probe finds
+            assert await probe_features(url, DEFAULT_MODEL) == {
+                "grammar": True,
+                "json_schema": True,
+            }
         finally:
             await k.shutdown()
 
@@ -256,6 +261,9 @@ def test_add_remote_probes_the_server(tmp_path: Path, peer: tuple[str, Gate]) ->
     url, _ = peer
     r = runner.invoke(cli, ["models", "add-remote", "gpu", "--url", url, "--model", DEFAULT_MODEL])
     assert r.exit_code == 0, r.output
+    # the scripted model answers "You said: ..." whatever the grammar: the probe finds it out
+    assert "(4 at once; grammar no, json_schema no)" in r.output
+    assert ModelLibrary(load_settings().data_dir).get("gpu").meta["grammar"] is False  # type: ignore[index]
     r = runner.invoke(cli, ["models", "list"])
     assert r.exit_code == 0 and "gpu" in r.output and "remote" in r.output, r.output
     line = one_line_error(

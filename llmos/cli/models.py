@@ -90,7 +90,7 @@ def models_add_remote(
 ) -> None:
     """Add a model another engine serves over an OpenAI-compatible API (llama-server, vLLM,
     Ollama, another llmos serve): the server is asked for its models first."""
-    from llmos.kernel.remote import probe, remote_meta
+    from llmos.kernel.remote import probe, probe_features, remote_meta
 
     if not url.startswith(("http://", "https://")):
         raise fail(f"--url must be an http:// or https:// URL, not {url!r}")
@@ -98,11 +98,16 @@ def models_add_remote(
         ids = run_async(probe(url, key_env))
         if ids and model not in ids:
             raise fail(f"{url} does not serve {model!r} (it lists: {', '.join(ids[:10])})")
-        meta = remote_meta(url, model, key_env=key_env, parallel=parallel, n_ctx=ctx)
+        features = run_async(probe_features(url, model, key_env))
+        meta = remote_meta(
+            url, model, key_env=key_env, parallel=parallel, n_ctx=ctx, features=features
+        )
         entry = _library().add_remote(name, meta)
     except LlmosError as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"added {entry.name}: {model} at {meta['url']} ({parallel} at once)")
+    said = {True: "yes", False: "no", None: "not known"}
+    follows = ", ".join(f"{f} {said[v]}" for f, v in features.items())
+    typer.echo(f"added {entry.name}: {model} at {meta['url']} ({parallel} at once; {follows})")
 
 
 @models_app.command("add")

@@ -32,6 +32,7 @@ from llmos.kernel.chat import Message, choose_format, render_chat, resolve_forma
 from llmos.kernel.engine import EngineCore, Generation
 from llmos.kernel.models import ModelEntry, ModelLibrary, ModelManager
 from llmos.kernel.proctable import ProcTable
+from llmos.kernel.routing import Needs, choose
 from llmos.kernel.services import Services
 from llmos.memory.fs import MemoryFS
 from llmos.memory.index import Embedder
@@ -510,7 +511,7 @@ class Kernel:
         name = model or proc.model or self.settings.default_model
         if name not in self.settings.routes:
             return await self._generate_on(proc, prompt, params, name, stream)
-        candidates, why = self.route(name, proc)
+        candidates, why = self.route(name, proc, self.needs(name, prompt, params))
         for i, chosen in enumerate(candidates):
             target = prompt
             if _is_messages(prompt) and self.models.remote(chosen) is None:
@@ -527,35 +528,40 @@ class Kernel:
                 )
         raise AssertionError("unreachable: route() returns at least one candidate")
 
-    def route(self, name: str, proc: Process) -> tuple[list[str], str]:
-        """The models of route `name` to try, in order, and why: its models as listed
-        (most capable first), or smallest first for a process at `route_low_nice` or
-        above; a remote model marked down, or with `route_queue_limit` requests waiting,
-        goes to the end (tried only if all else fails). Deterministic given those inputs."""
+    def route(self, name: str, proc: Process, needs: Needs | None = None) -> tuple[list[str], str]:
+        """The models of route `name` to try for a request of `proc` that needs `needs`, in
+        order, and why (the policy: kernel/routing.py). Deterministic given its inputs."""
         s = self.settings
-        order = list(s.routes[name])
-        low = proc.nice >= s.route_low_nice
-        if low:
-            order.reverse()
-        ready, later, notes = [], [], []
-        for m in order:
-            eng = self.models.remote(m)
-            waiting = eng.waiting if eng is not None else 0
-            if eng is not None and eng.down is not None:
-                later.append(m)
-                notes.append(f"{m} down")
-            elif waiting >= s.route_queue_limit:
-                later.append(m)
-                notes.append(f"{m} queue {waiting}")
+        models = list(s.routes[name])
+        fits = {m: self.models.fit(m) for m in models}
+        return choose(
+            name, models, fits, needs or Needs(tokens=0),
+            nice=proc.nice, low_nice=s.route_low_nice, queue_limit=s.route_queue_limit,
+        )  # fmt: skip
+
+    def needs(
+        self, route: str, prompt: str | list[int] | list[Message], params: SamplingParams | None
+    ) -> Needs:
+        """What a request asks of the model a route picks. A text's tokens are counted by
+        the first of the route's local models that is loaded, else estimated at four bytes
+        a token; a conversation adds four a message for its template."""
+        p = params or SamplingParams()
+        chat = _is_messages(prompt)
+        if isinstance(prompt, list) and not chat:
+            n, estimated = len(prompt), False
+        else:
+            msgs = cast(list[Message], prompt) if chat else []
+            text = "\n".join(str(m.get("content") or "") for m in msgs) if chat else str(prompt)
+            loaded = [m for m in self.settings.routes[route] if m in self.models.loaded]
+            if loaded:
+                n = len(self.models.loaded[loaded[0]].engine.backend.tokenize(text))
             else:
-                ready.append(m)
-        if not ready and not later:
-            raise GenerationError(f"route {name!r} names no model")
-        first = (ready or later)[0]
-        why = f"route {name}: {first}" + (f" (nice {proc.nice}: smallest first)" if low else "")
-        if notes:
-            why += f"; skipped {', '.join(notes)}"
-        return ready + later, why
+                n = len(text.encode()) // 4
+            n, estimated = n + 4 * len(msgs), chat or not loaded
+        return Needs(
+            tokens=n + (p.max_tokens or 1), chat=chat, grammar=p.grammar is not None,
+            json_schema=p.json_schema is not None, estimated=estimated,
+        )  # fmt: skip
 
     async def _generate_on(
         self,

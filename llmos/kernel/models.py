@@ -26,6 +26,7 @@ from llmos.kernel.chat import ChatFormat, choose_format
 from llmos.kernel.engine import EngineCore
 from llmos.kernel.gguf import GGUFInfo, adapter_summary, read_gguf
 from llmos.kernel.llama_backend import LlamaBackend  # llama_cpp itself loads on first use
+from llmos.kernel.routing import Fit
 from llmos.kernel.scheduler import Policy
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -486,6 +487,29 @@ class ModelManager:
             return self.remotes.setdefault(
                 name, RemoteEngine(name, dict(entry.meta or {}), self.settings)
             )
+
+    def fit(self, name: str) -> Fit:
+        """What a model can serve now, for a route (kernel/routing.py), without loading
+        it: a local model's per-sequence context is what its engine would allow."""
+        eng = self.remote(name)
+        if eng is not None:
+            return Fit(
+                ctx=eng.seq_ctx_max, grammar=eng.features.get("grammar"),
+                json_schema=eng.features.get("json_schema"), down=eng.down, waiting=eng.waiting,
+            )  # fmt: skip
+        try:
+            base = name if name in self.loaded else self.library.resolve(name)[0]
+            entry = self.library.get(base)
+        except ModelNotFound:
+            return Fit(ctx=0, absent=True)
+        lm = self.loaded.get(base)
+        s = self.settings
+        if lm is not None:
+            ctx = lm.engine.seq_ctx_max
+        else:  # as EngineCore would clamp it: the setting, the KV budget, one slot's share
+            slot = s.n_ctx if s.kv_unified else s.n_ctx // s.n_seq_max
+            ctx = min(s.seq_ctx_max, s.effective_kv_budget, slot)
+        return Fit(ctx=ctx, chat=self.library.chat_format(entry, s.chat_formats).can_chat)
 
     async def aclose(self) -> None:
         """Close the remote engines (their requests run on the kernel's loop), then the

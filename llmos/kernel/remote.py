@@ -53,10 +53,14 @@ class _Waiter:
     ready: asyncio.Future[None]
 
 
-def remote_meta(url: str, model: str, *, key_env: str | None, parallel: int, n_ctx: int) -> dict[str, Any]:  # fmt: skip
+def remote_meta(
+    url: str, model: str, *, key_env: str | None, parallel: int, n_ctx: int,
+    features: dict[str, bool | None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A catalog entry of kind "openai"; `features` as `probe_features` found them."""
     return {
         "kind": "openai", "url": url.rstrip("/"), "model": model, "key_env": key_env,
-        "parallel": parallel, "n_ctx": n_ctx,
+        "parallel": parallel, "n_ctx": n_ctx, **(features or {}),
     }  # fmt: skip
 
 
@@ -88,6 +92,56 @@ async def probe(url: str, key_env: str | None = None, wait_s: float = 10.0) -> l
         raise ModelError(f"{base}/v1/models did not answer an OpenAI model list") from None
 
 
+# One short request each, at temperature 0: a server that follows the constraint answers
+# exactly "7"; one that ignores it answers something else (or refuses the field).
+_FEATURE_PROBES: dict[str, tuple[str, dict[str, Any]]] = {
+    "grammar": (
+        "/v1/completions",
+        {"prompt": "Write the number seven in digits:", "grammar": 'root ::= "7"'},
+    ),
+    "json_schema": (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Write the number seven in digits."}],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "seven", "schema": {"type": "integer", "enum": [7]}},
+            },
+        },
+    ),
+}
+
+
+async def probe_features(
+    url: str, model: str, key_env: str | None = None, wait_s: float = 60.0
+) -> dict[str, bool | None]:
+    """Whether the server follows a GBNF `grammar` (llama-server's and llmos's extension)
+    and an OpenAI `json_schema` response format: True, False (it ignored or refused the
+    field), or None (not known: the probe failed otherwise, e.g. timed out)."""
+    import httpx
+
+    out: dict[str, bool | None] = {}
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=wait_s) as http:
+        for feature, (path, extra) in _FEATURE_PROBES.items():
+            body = {"model": model, "max_tokens": 4, "temperature": 0, **extra}
+            try:
+                r = await http.post(path, json=body, headers=_headers(key_env))
+            except httpx.HTTPError:
+                out[feature] = None
+                continue
+            if r.status_code in (400, 422):
+                out[feature] = False
+                continue
+            try:
+                choice = r.json()["choices"][0]
+                text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                out[feature] = None
+                continue
+            out[feature] = str(text).strip() == "7" if r.status_code == 200 else None
+    return out
+
+
 class RemoteEngine:
     remote = True
 
@@ -98,6 +152,8 @@ class RemoteEngine:
         self.key_env: str | None = meta.get("key_env") or None
         self.parallel = max(1, int(meta.get("parallel") or 4))
         self.seq_ctx_max = int(meta.get("n_ctx") or 4096)
+        # what add-remote's probe found: True, False, or None (not known: passed through)
+        self.features: dict[str, bool | None] = {f: meta.get(f) for f in ("grammar", "json_schema")}
         self.aging_s = settings.aging_s
         self.retries = settings.remote_retries
         self.read_timeout_s = settings.remote_timeout_s
@@ -127,7 +183,15 @@ class RemoteEngine:
             raise GenerationError(
                 f"{self.name} is a remote model: a local LoRA adapter cannot apply"
             )
-        gen = RemoteGeneration(self, next(self._ids), prompt, params or SamplingParams(), nice)
+        p = params or SamplingParams()
+        for feature, asked in (("grammar", p.grammar), ("json_schema", p.json_schema)):
+            if asked is not None and self.features.get(feature) is False:
+                raise GenerationError(
+                    f"remote model {self.name} does not follow a {feature} (its server "
+                    "ignored or refused one when it was added): use a local model, or a "
+                    "route with one that does"
+                )
+        gen = RemoteGeneration(self, next(self._ids), prompt, p, nice)
         self.seqs[gen.id] = gen
         return gen
 
