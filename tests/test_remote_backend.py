@@ -275,6 +275,10 @@ def test_add_remote_probes_the_server(tmp_path: Path, peer: tuple[str, Gate]) ->
         runner.invoke(cli, ["models", "add-remote", "x", "--url", dead, "--model", "m"])
     )
     assert "cannot be reached" in line
+    line = one_line_error(
+        runner.invoke(cli, ["models", "add-remote", "x", "--url", "ftp://h:1", "--model", "m"])
+    )
+    assert "--url must be an http:// or https:// URL" in line
 
 
 async def test_a_route_picks_a_model_and_falls_back(tmp_path: Path, peer: tuple[str, Gate]) -> None:
