@@ -12,13 +12,18 @@ admission) is compared with three predictions:
 - the same with the Allen–Cunneen G/G/c factor (ca2 + cs2)/2, cs2 measured from the run's
   own service times (fixed-length outputs make them nearly constant, not exponential);
 - G/G/c with the mean service time the run itself measured: the queue formula alone,
-  separated from the service-time model.
+  separated from the service-time model;
+- the engine simulated (`capacity.simulate`): its own schedule stepped in simulated time,
+  each step costing what the same measurement runs timed (a decode step of k sequences;
+  a prompt step by its tokens). This is the corrected model: no queue formula, the
+  batching itself. The arrival rates are the ones at which it puts utilisation (λS/c)
+  at each target.
 
 Requests are fixed-size (`--prompt-tokens`, `--output-tokens`, no early end). The engine
 runs with a quantum longer than a request, so a waiting request never preempts a running
 one: the queue `llmos plan` models (first come, first served onto c slots).
 
-    python benchmarks/bench_plan.py [--slots 4] [--requests 60] [--loads 0.5,0.7,0.85]
+    python benchmarks/bench_plan.py [--slots 4] [--requests 300] [--loads 0.5,0.7,0.85]
 """
 
 from __future__ import annotations
@@ -36,14 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import engine
 
 
-def solve_rate(target: float, table: dict[int, float], c: int) -> float:
-    """The arrival rate at which the load-corrected utilisation is `target` (bisection)."""
-    from llmos.ops.capacity import effective_service_s
+def solve_rate(target: float, costs: Any, c: int, prompt: int, output: int) -> float:
+    """The arrival rate at which the simulated engine's utilisation is `target` (bisection
+    over one seed's arrivals, so the utilisation is monotone in the rate)."""
+    from llmos.ops.capacity import simulate
 
-    lo, hi = 1e-6, c / min(table.values())
-    for _ in range(60):
+    lo, hi = 1e-3, c / (output * costs.step_s(c, 0) / c)
+    for _ in range(30):
         mid = (lo + hi) / 2
-        rho = mid * effective_service_s(mid, table, c) / c
+        rho = simulate(mid, costs, c, prompt, output, requests=3000).utilisation
         lo, hi = (mid, hi) if rho < target else (lo, mid)
     return lo
 
@@ -81,12 +87,12 @@ def drive(core: Any, rate: float, n: int, prompt: int, output: int, seed: int) -
 
 
 def main() -> None:
-    from llmos.ops.capacity import effective_service_s, mmc
-    from llmos.ops.plan_measure import measure_service
+    from llmos.ops.capacity import StepCosts, effective_service_s, mmc, simulate
+    from llmos.ops.plan_measure import measure_engine
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--slots", type=int, default=4)
-    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--output-tokens", type=int, default=24)
     ap.add_argument("--loads", default="0.5,0.7,0.85")
@@ -96,18 +102,24 @@ def main() -> None:
     def make() -> Any:
         return engine(c, quantum=10_000)
 
-    table = measure_service(
+    measured = measure_engine(
         make, args.prompt_tokens, args.output_tokens, list(range(1, c + 1)), repeats=3
     )
+    table = measured.table
+    costs = StepCosts.fit(measured.steps, args.prompt_tokens)
     print("service table (s per request at k together):", {k: round(v, 3) for k, v in table.items()})  # fmt: skip
+    print(
+        "steps: decode (ms) " + ", ".join(f"{k}: {v * 1000:.1f}" for k, v in costs.decode_s.items())
+        + f"; prompt step {costs.prefill_fixed_s * 1000:.1f} ms + {costs.prefill_per_token_s * 1000:.2f} ms/token"
+    )  # fmt: skip
     core = make()
     try:
         for i, target in enumerate(float(x) for x in args.loads.split(",")):
-            rate = solve_rate(target, table, c)
+            rate = solve_rate(target, costs, c, args.prompt_tokens, args.output_tokens)
             seqs = drive(core, rate, args.requests, args.prompt_tokens, args.output_tokens, i)
             waits = [s.stats.queue_wait for s in seqs]
             service = [s.stats.finished - s.stats.admitted for s in seqs]
-            measured = statistics.mean(waits)
+            mean_wait = statistics.mean(waits)
             s_mean = statistics.mean(service)
             cs2 = statistics.pvariance(service) / s_mean**2
             naive = mmc(rate, table[1], c)
@@ -115,16 +127,20 @@ def main() -> None:
             corrected = mmc(rate, s_eff, c)
             gg = mmc(rate, s_eff, c, cs2=cs2)
             # the queue formula alone, given the service time the run itself measured
-            rows = [("M/M/c, S(1)", naive), ("M/M/c, load-corrected", corrected), ("G/G/c Allen-Cunneen", gg)]  # fmt: skip
+            rows: list[tuple[str, Any]] = [("M/M/c, S(1)", naive), ("M/M/c, load-corrected", corrected), ("G/G/c Allen-Cunneen", gg)]  # fmt: skip
             if rate * s_mean < c:
                 rows.append(("G/G/c, S measured in run", mmc(rate, s_mean, c, cs2=cs2)))
+            sim = simulate(rate, costs, c, args.prompt_tokens, args.output_tokens, requests=20000)
+            rows.append(("engine simulated", sim))
             print(
                 f"target rho {target:.2f}: rate {rate:.2f}/s, measured rho {rate * s_mean / c:.2f}, "
-                f"S mean {s_mean:.3f} s (load-corrected {s_eff:.3f}, alone {table[1]:.3f}), cs2 {cs2:.3f}"
+                f"S mean {s_mean:.3f} s (load-corrected {s_eff:.3f}, simulated {sim.mean_service_s:.3f}, "
+                f"alone {table[1]:.3f}), cs2 {cs2:.3f}, p95 wait {sorted(waits)[int(0.95 * len(waits))]:.3f} s "
+                f"(simulated {sim.p95_wait_s:.3f})"
             )  # fmt: skip
             for name, plan in rows:
-                err = (plan.mean_wait_s - measured) / measured if measured > 0 else float("inf")
-                print(f"  {name:24s} mean wait {plan.mean_wait_s:.3f} s vs measured {measured:.3f} s ({err:+.0%})")  # fmt: skip
+                err = (plan.mean_wait_s - mean_wait) / mean_wait if mean_wait > 0 else float("inf")
+                print(f"  {name:24s} mean wait {plan.mean_wait_s:.3f} s vs measured {mean_wait:.3f} s ({err:+.0%})")  # fmt: skip
     finally:
         core.close()
 

@@ -113,6 +113,51 @@ def test_allen_cunneen_matches_deterministic_service() -> None:
     assert _p95(waits) == pytest.approx(plan.p95_wait_s, rel=0.2)
 
 
+# -- the engine simulated ------------------------------------------------------------------
+def _flat(step_s: float) -> cap.StepCosts:
+    """A decode step costs `step_s` however many decode (perfect batching); prompts are free."""
+    return cap.StepCosts(decode_s={1: step_s}, prefill_fixed_s=0.0, prefill_per_token_s=0.0)
+
+
+def test_simulated_engine_is_m_d_c_when_batching_is_free() -> None:
+    """With every step costing the same, each request holds a slot for its output tokens'
+    steps, a fixed time: the engine is an M/D/c queue (plus at most a step's wait for
+    admission, which happens between steps). ciw simulates that queue independently."""
+    step, out, c, rate = 0.01, 101, 3, 2.1  # S = 100 decode steps = 1 s; ρ = 0.7
+    sim = cap.simulate(rate, _flat(step), c, 8, out, requests=40_000, seed=3)
+    assert sim.mean_service_s == pytest.approx(1.0, rel=0.02)
+    assert sim.utilisation == pytest.approx(0.7, rel=0.02)
+    waits = _simulate(rate, 1.0, c, deterministic=True)
+    assert sim.mean_wait_s == pytest.approx(sum(waits) / len(waits) + step / 2, rel=0.12)
+    assert sim.p95_wait_s == pytest.approx(_p95(waits), rel=0.15, abs=step)
+
+
+def test_simulated_engine_m_d_1_closed_form() -> None:
+    # one slot, fixed service S: Pollaczek-Khinchine, Wq = ρS / (2(1 − ρ))
+    sim = cap.simulate(0.5, _flat(0.01), 1, 4, 101, requests=40_000, seed=5)
+    assert sim.mean_wait_s == pytest.approx(0.5 * 1.0 / (2 * 0.5) + 0.005, rel=0.1)
+    assert sim.busy == pytest.approx(0.5, rel=0.05)
+
+
+def test_simulated_engine_batching_and_prompts_cost_what_steps_cost() -> None:
+    # no arrivals overlap (one request a minute): a request costs its own steps exactly
+    costs = cap.StepCosts(decode_s={1: 0.01, 4: 0.025}, prefill_fixed_s=0.05, prefill_per_token_s=0.001)  # fmt: skip
+    assert costs.step_s(2, 0) == pytest.approx(0.015) and costs.step_s(0, 100) == pytest.approx(0.15)  # fmt: skip
+    alone = cap.simulate(1 / 60, costs, 4, 300, 11, requests=300, seed=1)
+    # a 300-token prompt in chunks of 256 and 44 (the last yields a token), then 10 decodes
+    assert alone.mean_service_s == pytest.approx(0.05 + 0.256 + (0.05 + 0.044) + 10 * 0.01)
+    assert alone.mean_wait_s == 0.0
+    # more load, bigger batches: each request's service time grows, and so do the waits
+    busy = [cap.simulate(r, costs, 4, 300, 11, requests=3000, seed=1) for r in (2.0, 4.0)]
+    assert alone.mean_service_s < busy[0].mean_service_s < busy[1].mean_service_s
+    assert busy[0].mean_wait_s < busy[1].mean_wait_s
+    fit = cap.StepCosts.fit({1: (0.082, 0.01), 2: (0.114, 0.016), 4: (0.178, 0.025)}, 32)
+    assert fit.prefill_fixed_s == pytest.approx(0.05) and fit.prefill_per_token_s == pytest.approx(0.001)  # fmt: skip
+    assert fit.decode_s == {1: 0.01, 2: 0.016, 4: 0.025}
+    with pytest.raises(ValueError):
+        cap.simulate(0.0, costs, 4, 300, 11)
+
+
 # -- slots needed --------------------------------------------------------------------------
 def test_slots_needed_meets_the_target_and_is_the_smallest() -> None:
     for rate in (0.5, 2.0, 7.5, 30.0):
@@ -191,8 +236,11 @@ def test_measure_service_scripted_engine() -> None:
         return engines[-1]
 
     seen: list[int] = []
-    table = pm.measure_service(factory, 40, 5, [4, 1, 2], repeats=2, progress=seen.append)
+    measured = pm.measure_engine(factory, 40, 5, [4, 1, 2], repeats=2, progress=seen.append)
+    table = measured.table
     assert sorted(table) == [1, 2, 4] and seen == [1, 2, 4]
+    assert sorted(measured.steps) == [1, 2, 4]
+    assert all(pre > 0 and dec > 0 for pre, dec in measured.steps.values())
     assert all(v > 0 for v in table.values())
     assert engines[0].backend.closed
     # each prompt starts with its own tag: none shares a prefix the engine could reuse
@@ -207,6 +255,10 @@ def test_table_cache(tmp_path: Path) -> None:
     assert path == tmp_path / "plan" / "m.json"
     assert pm.load_table(tmp_path, "m", 10, 5) == {1: 0.5, 2: 0.75}
     assert pm.load_table(tmp_path, "m", 10, 6) is None  # other sizes: measure again
+    assert pm.load_steps(tmp_path, "m", 10, 5) is None  # saved without step timings
+    pm.save_table(tmp_path, "m", 10, 5, {1: 0.5}, {1: (0.1, 0.02)})
+    assert pm.load_steps(tmp_path, "m", 10, 5) == {1: (0.1, 0.02)}
+    assert pm.load_steps(tmp_path, "m", 10, 6) is None
     path.write_text("{not json")
     assert pm.load_table(tmp_path, "m", 10, 5) is None
     assert pm.cache_path(tmp_path, "a/b.gguf").parent == tmp_path / "plan"
@@ -237,6 +289,7 @@ def test_cli_unstable_with_cached_table() -> None:
     r = runner.invoke(app, ["plan", "--rate", "0.5/s", *args[3:], "--slots", "2", "--sizes", "1,2"])
     assert r.exit_code == 0, r.output
     assert "cached" in r.output and "load-corrected" in r.output
+    assert "without step timings" in r.output
 
 
 def test_cli_plan_real_model(real_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,8 +304,10 @@ def test_cli_plan_real_model(real_model_path: Path, monkeypatch: pytest.MonkeyPa
         return
     for figure in ("utilisation", "P(wait)", "mean wait", "p95 wait", "p95 wait <= 2 s"):
         assert figure in r.output
+    assert "the engine simulated" in r.output and "simulated: 2 slots" in r.output
     cached = json.loads((_data_dir() / "plan" / "smollm2-135m-instruct.json").read_text())
     assert cached["prompt_tokens"] == 16 and set(cached["table"]) == {"1", "2"}
+    assert set(cached["steps"]) == {"1", "2"}
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached" in again.output
     fresh = runner.invoke(app, [*args, "--measure"])

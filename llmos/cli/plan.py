@@ -80,6 +80,7 @@ def plan(
     wanted = _sizes(sizes) if sizes else pm.default_sizes(min(c, MAX_MEASURED_SLOTS))
 
     table = None if measure else pm.load_table(s.data_dir, name, prompt_tokens, output_tokens)
+    steps = None if measure else pm.load_steps(s.data_dir, name, prompt_tokens, output_tokens)
     cached = table is not None and set(wanted) <= set(table)
     if not cached:
         factory = pm.settings_engine_factory(s, name, slots=max(wanted))
@@ -89,12 +90,13 @@ def plan(
             err=True,
         )
         try:
-            table = pm.measure_service(
+            measured = pm.measure_engine(
                 factory, prompt_tokens, output_tokens, wanted, repeats=repeats
             )
         except (LlmosError, ValueError) as exc:
             raise fail(str(exc)) from None
-        pm.save_table(s.data_dir, name, prompt_tokens, output_tokens, table)
+        table, steps = measured.table, measured.steps
+        pm.save_table(s.data_dir, name, prompt_tokens, output_tokens, table, steps)
     assert table is not None
 
     s1 = cap.service_time_at(1, table)
@@ -121,8 +123,26 @@ def plan(
     kind = "M/M/c" if cs2 == 1 and ca2 == 1 else "G/G/c (Allen-Cunneen)"
     typer.echo(f"rate {lam:g}/s on {c} slots; {kind}, unbatched vs load-corrected service")
     _table(base, corr)
+    sim = None
+    if steps:
+        costs = cap.StepCosts.fit(steps, prompt_tokens)
+        sim = cap.simulate(
+            lam, costs, c, prompt_tokens, output_tokens, ca2=ca2,
+            prefill_chunk=s.prefill_chunk, n_batch=s.n_batch,
+        )  # fmt: skip
+        typer.echo(
+            f"the engine simulated (its batches, stepped at the measured step costs; "
+            f"docs/PLAN.md): service {sim.mean_service_s:.3f} s, utilisation "
+            f"{sim.utilisation:.1%}, mean wait {sim.mean_wait_s:.3f} s, p95 wait "
+            f"{sim.p95_wait_s:.3f} s"
+        )
+    else:
+        typer.echo("(this table was cached without step timings: --measure adds the simulation)")
     if target is not None:
         _target(lam, table, c, target, s1, cs2=cs2, ca2=ca2)
+        if sim is not None:
+            meets = "meets" if sim.p95_wait_s <= target else "misses"
+            typer.echo(f"simulated: {c} slots {meets} it (p95 wait {sim.p95_wait_s:.3f} s)")
 
 
 def _table(base: QueuePlan, corr: QueuePlan) -> None:

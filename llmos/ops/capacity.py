@@ -243,6 +243,146 @@ def load_corrected_slots_needed(
     return None
 
 
+# -- the engine itself, simulated ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StepCosts:
+    """What one engine step costs, measured: a step of k sequences each decoding one token
+    takes `decode_s[k]` seconds (interpolated between measured k, as `service_time_at`);
+    prompt tokens evaluated in a step add `prefill_fixed_s` + `prefill_per_token_s` per
+    token. Prefill and decode cost differently per token (a prompt is evaluated as a
+    matrix, a decode token as a vector), which is why one S(k) per batch size, measured
+    with k prompts started together, cannot say how requests arriving one by one share
+    the engine."""
+
+    decode_s: Mapping[int, float]
+    prefill_fixed_s: float
+    prefill_per_token_s: float
+
+    def step_s(self, decoding: int, prefill_tokens: int) -> float:
+        """Seconds of a step with `decoding` one-token decodes and `prefill_tokens` prompt
+        tokens."""
+        out = service_time_at(decoding, self.decode_s) if decoding else 0.0
+        if prefill_tokens:
+            out += self.prefill_fixed_s + self.prefill_per_token_s * prefill_tokens
+        return out
+
+    @classmethod
+    def fit(cls, steps: Mapping[int, tuple[float, float]], prompt_tokens: int) -> StepCosts:
+        """From {k: (seconds of the prefill step of k prompts started together, seconds of
+        one decode step of k)}: the decode table as measured, and a least-squares line
+        through the prefill steps (k·prompt_tokens tokens each; fixed part at least 0)."""
+        if not steps:
+            raise ValueError("no step timings to fit")
+        xs = [k * prompt_tokens for k in steps]
+        ys = [pre for pre, _ in steps.values()]
+        if len(steps) == 1:
+            per, fixed = ys[0] / xs[0], 0.0
+        else:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            sxx = sum((x - mx) ** 2 for x in xs)
+            per = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+            fixed = my - per * mx
+            if fixed < 0 or per <= 0:  # noise: a line through the origin instead
+                per, fixed = sum(ys) / sum(xs), 0.0
+        decode = {k: dec for k, (_, dec) in steps.items()}
+        return cls(decode_s=decode, prefill_fixed_s=fixed, prefill_per_token_s=per)
+
+
+@dataclass(frozen=True, slots=True)
+class Simulated:
+    """The figures of a simulated run; times in seconds."""
+
+    rate: float
+    slots: int
+    mean_wait_s: float
+    p95_wait_s: float
+    mean_service_s: float  # admission to last token
+    utilisation: float  # λ·S/c, as the queue formulas define it
+    busy: float  # the share of time the engine was stepping
+
+
+def simulate(
+    rate: float,
+    costs: StepCosts,
+    c: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    *,
+    requests: int = 4000,
+    warm_up: int = 200,
+    seed: int = 0,
+    prefill_chunk: int = 256,
+    n_batch: int = 512,
+    ca2: float = 1.0,
+) -> Simulated:
+    """The engine's own schedule, stepped in simulated time: `requests` arrivals at `rate`
+    per second (Poisson; `ca2` < 1 draws gamma gaps, smoother), first come first served
+    onto `c` slots; each step decodes one token for every sequence past its prompt, then
+    gives waiting prompts up to `prefill_chunk` tokens each within `n_batch`, as
+    EngineCore builds its batches; the step takes `costs.step_s`. A prompt's last chunk
+    yields its first token. The first `warm_up` requests are left out of the figures
+    (the queue starts empty). Deterministic for a seed. A load past what the engine
+    serves shows as `busy` near 1 and waits that grow with `requests`."""
+    import random
+
+    if rate <= 0 or c < 1 or prompt_tokens < 1 or output_tokens < 1 or requests <= warm_up:
+        raise ValueError("need rate > 0, c >= 1, token counts >= 1 and requests > warm_up")
+    rng = random.Random(seed)
+    shape = 1.0 / ca2 if ca2 > 0 else 0.0
+    t, arrivals = 0.0, []
+    for _ in range(requests):
+        t += rng.gammavariate(shape, 1.0 / (shape * rate)) if shape else 1.0 / rate
+        arrivals.append(t)
+    now, nxt, busy_s = 0.0, 0, 0.0
+    waiting: list[int] = []
+    running: list[list[int]] = []  # [request, prompt tokens left, output tokens left]
+    admitted, finished = [0.0] * requests, [0.0] * requests
+    while nxt < requests or waiting or running:
+        while nxt < requests and arrivals[nxt] <= now:
+            waiting.append(nxt)
+            nxt += 1
+        while waiting and len(running) < c:
+            i = waiting.pop(0)
+            admitted[i] = now
+            running.append([i, prompt_tokens, output_tokens])
+        if not running:
+            now = arrivals[nxt]
+            continue
+        decoding = sum(1 for r in running if r[1] == 0)
+        budget, prefill = n_batch - decoding, 0
+        chunks = []
+        for r in running:
+            n = min(r[1], prefill_chunk, budget) if r[1] else 0
+            chunks.append(n)
+            budget -= n
+            prefill += n
+        step = costs.step_s(decoding, prefill)
+        now += step
+        busy_s += step
+        for r, n in zip(running, chunks, strict=True):
+            if r[1] == 0:
+                r[2] -= 1
+            elif n:
+                r[1] -= n
+                r[2] -= r[1] == 0  # the prompt's last chunk samples the first token
+        for r in running:
+            if r[2] <= 0:
+                finished[r[0]] = now
+        running = [r for r in running if r[2] > 0]
+    keep = range(warm_up, requests)
+    waits = sorted(admitted[i] - arrivals[i] for i in keep)
+    service = sum(finished[i] - admitted[i] for i in keep) / len(keep)
+    return Simulated(
+        rate=rate,
+        slots=c,
+        mean_wait_s=sum(waits) / len(waits),
+        p95_wait_s=waits[min(len(waits) - 1, int(0.95 * len(waits)))],
+        mean_service_s=service,
+        utilisation=rate * service / c,
+        busy=busy_s / now,
+    )
+
+
 # -- command-line quantities --------------------------------------------------------------
 _PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0}
 _UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}

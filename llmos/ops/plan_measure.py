@@ -11,6 +11,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,13 @@ def _prompt(engine: EngineCore, n_tokens: int, tag: str) -> list[int]:
     return out[:n_tokens]
 
 
-def _run_batch(engine: EngineCore, prompts: list[list[int]], output_tokens: int) -> list[float]:
-    """Submit every prompt at once and wait; the seconds each spent from submission to its
-    last token (its time holding a slot, as all of them fit the slots)."""
+def _run_batch(
+    engine: EngineCore, prompts: list[list[int]], output_tokens: int
+) -> list[tuple[float, float | None, float | None]]:
+    """Submit every prompt at once and wait. For each: the seconds from submission to its
+    last token (its time holding a slot, as all of them fit the slots), its prompt's step
+    (admission to first token) and its mean decode step (first token to last, per token
+    after the first); None where the stats lack them."""
     done = threading.Event()
     left = [len(prompts)]
     lock = threading.Lock()
@@ -69,9 +74,25 @@ def _run_batch(engine: EngineCore, prompts: list[list[int]], output_tokens: int)
         raise LlmosError(f"a measurement request failed ({errors[0]})")
     wall = time.perf_counter() - t0
     # a sequence's own stats (the engine's clock); the batch's wall time if one lacks them
-    return [
-        s.stats.finished - s.stats.submitted if s.stats.finished is not None else wall for s in seqs
-    ]
+    out: list[tuple[float, float | None, float | None]] = []
+    for seq in seqs:
+        st = seq.stats
+        if st.finished is None or st.first_token is None or st.admitted is None:
+            out.append((wall, None, None))
+            continue
+        decode = (st.finished - st.first_token) / (st.generated - 1) if st.generated > 1 else None
+        out.append((st.finished - st.submitted, st.first_token - st.admitted, decode))
+    return out
+
+
+@dataclass
+class Measured:
+    """What `measure_engine` found: {k: seconds per request when k run together} (the
+    service table), and {k: (seconds of the step that evaluates k prompts, seconds of a
+    step that decodes k tokens)} for `capacity.StepCosts.fit`."""
+
+    table: dict[int, float]
+    steps: dict[int, tuple[float, float]]
 
 
 def measure_service(
@@ -83,7 +104,22 @@ def measure_service(
     repeats: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> dict[int, float]:
-    """{k: mean seconds per request when k requests of `prompt_tokens` prompt tokens and
+    """The service table alone (see `measure_engine`)."""
+    return measure_engine(
+        engine_factory, prompt_tokens, output_tokens, sizes, repeats=repeats, progress=progress
+    ).table
+
+
+def measure_engine(
+    engine_factory: Callable[[], EngineCore],
+    prompt_tokens: int,
+    output_tokens: int,
+    sizes: list[int],
+    *,
+    repeats: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Measured:
+    """The service table {k: mean seconds per request when k requests of `prompt_tokens` prompt tokens and
     `output_tokens` output tokens (greedy, no early end) are submitted together}, for each
     k in `sizes`. Each k is no more than the engine's slots, so none waits for a slot and
     the figure is pure service time at concurrency k. One warm-up request runs first
@@ -91,7 +127,8 @@ def measure_service(
     by `engine_factory`, started if it is not, and closed at the end; `progress(k)` is
     called before each size is measured. With `repeats` > 1 each size is run that many
     times and the median kept: a machine busy with other work stalls a run now and then,
-    and one stall would otherwise become the figure."""
+    and one stall would otherwise become the figure. The same runs give the step timings
+    (`Measured.steps`, medians likewise)."""
     if prompt_tokens < 1 or output_tokens < 1 or repeats < 1:
         raise ValueError("prompt and output sizes and repeats must be at least 1")
     engine = engine_factory()
@@ -102,16 +139,21 @@ def measure_service(
             raise ValueError(f"batch sizes must be between 1 and the engine's {slots} slots")
         _run_batch(engine, [_prompt(engine, prompt_tokens, "warm-up")], min(output_tokens, 4))
         table: dict[int, float] = {}
+        steps: dict[int, tuple[float, float]] = {}
         for k in sorted(set(sizes)):
             if progress is not None:
                 progress(k)
-            runs = []
+            runs, prefills, decodes = [], [], []
             for r in range(repeats):
                 prompts = [_prompt(engine, prompt_tokens, f"{k}-{r}-{j}") for j in range(k)]
-                times = _run_batch(engine, prompts, output_tokens)
-                runs.append(sum(times) / len(times))
+                each = _run_batch(engine, prompts, output_tokens)
+                runs.append(sum(t for t, _, _ in each) / len(each))
+                prefills += [p for _, p, _ in each if p is not None]
+                decodes += [d for _, _, d in each if d is not None]
             table[k] = statistics.median(runs)
-        return table
+            if prefills and decodes:
+                steps[k] = (statistics.median(prefills), statistics.median(decodes))
+        return Measured(table, steps)
     finally:
         engine.close()
 
@@ -131,23 +173,49 @@ def cache_path(data_dir: Path, model: str) -> Path:
     return data_dir / "plan" / f"{safe}.json"
 
 
+def _cached(data_dir: Path, model: str, prompt_tokens: int, output_tokens: int) -> Any:
+    """The cache file's data for `model` if it was measured at these sizes, else None."""
+    try:
+        data: Any = json.loads(cache_path(data_dir, model).read_text())
+        if data["prompt_tokens"] != prompt_tokens or data["output_tokens"] != output_tokens:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: measure again
+    return data
+
+
 def load_table(
     data_dir: Path, model: str, prompt_tokens: int, output_tokens: int
 ) -> dict[int, float] | None:
     """The cached table for `model`, if it was measured at these prompt and output sizes."""
-    path = cache_path(data_dir, model)
+    data = _cached(data_dir, model, prompt_tokens, output_tokens)
     try:
-        data: Any = json.loads(path.read_text())
-        if data["prompt_tokens"] != prompt_tokens or data["output_tokens"] != output_tokens:
-            return None
         table = {int(k): float(v) for k, v in data["table"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # absent or unreadable: measure again
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
     return table or None
 
 
+def load_steps(
+    data_dir: Path, model: str, prompt_tokens: int, output_tokens: int
+) -> dict[int, tuple[float, float]] | None:
+    """The cached step timings for `model` (a table cached before they were kept has
+    none)."""
+    data = _cached(data_dir, model, prompt_tokens, output_tokens)
+    try:
+        steps = {int(k): (float(v[0]), float(v[1])) for k, v in data["steps"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+    return steps or None
+
+
 def save_table(
-    data_dir: Path, model: str, prompt_tokens: int, output_tokens: int, table: dict[int, float]
+    data_dir: Path,
+    model: str,
+    prompt_tokens: int,
+    output_tokens: int,
+    table: dict[int, float],
+    steps: dict[int, tuple[float, float]] | None = None,
 ) -> Path:
     path = cache_path(data_dir, model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +224,7 @@ def save_table(
         "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
         "table": {str(k): v for k, v in sorted(table.items())},
+        "steps": {str(k): list(v) for k, v in sorted((steps or {}).items())},
         "measured_at": time.time(),
     }
     tmp = path.with_suffix(".tmp")
