@@ -86,7 +86,7 @@ async def test_a_process_uses_a_remote_model_as_a_local_one(
         assert info["model"] == "peer" and info["tokens"] > 0
         top = [m for m in k.top()["models"] if m.get("remote")]
         assert top[0]["model"] == "peer" and top[0]["requests"] == 1 and top[0]["up"]
-        assert not any(m["model"] == "peer" for m in k.models.loaded.values())  # nothing loaded
+        assert "peer" not in k.models.loaded  # nothing loaded here for it
     finally:
         await k.shutdown()
 
@@ -250,9 +250,8 @@ async def test_the_real_model_served_remotely(tmp_path: Path, real_model_path: P
             assert p.gen_stats[0].ttft is not None and p.gen_stats[0].tokens_per_s
             # the real model follows both constraints, as add-remote's probe finds
             assert await probe_features(url, DEFAULT_MODEL) == {
-                "grammar": True,
-                "json_schema": True,
-            }
+                "grammar": True, "json_schema": True, "schema_format": "json_schema",
+            }  # fmt: skip
         finally:
             await k.shutdown()
 

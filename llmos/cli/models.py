@@ -106,7 +106,9 @@ def models_add_remote(
     except LlmosError as exc:
         raise fail(str(exc)) from None
     said = {True: "yes", False: "no", None: "not known"}
-    follows = ", ".join(f"{f} {said[v]}" for f, v in features.items())
+    follows = ", ".join(f"{f} {said[features.get(f)]}" for f in ("grammar", "json_schema"))
+    if features.get("schema_format") == "json_object":
+        follows += " (as json_object)"
     typer.echo(f"added {entry.name}: {model} at {meta['url']} ({parallel} at once; {follows})")
 
 

@@ -55,7 +55,7 @@ class _Waiter:
 
 def remote_meta(
     url: str, model: str, *, key_env: str | None, parallel: int, n_ctx: int,
-    features: dict[str, bool | None] | None = None,
+    features: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A catalog entry of kind "openai"; `features` as `probe_features` found them."""
     return {
@@ -92,54 +92,62 @@ async def probe(url: str, key_env: str | None = None, wait_s: float = 10.0) -> l
         raise ModelError(f"{base}/v1/models did not answer an OpenAI model list") from None
 
 
+def response_format(schema: dict[str, Any], shape: str = "json_schema") -> dict[str, Any]:
+    """A JSON schema as the server takes it: OpenAI's `json_schema` response format, or
+    the `json_object` type with a `schema` (llama-cpp-python's server knows only that)."""
+    if shape == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+
+
+_SEVEN = "Write the number seven in digits."
 # One short request each, at temperature 0: a server that follows the constraint answers
 # exactly "7"; one that ignores it answers something else (or refuses the field).
-_FEATURE_PROBES: dict[str, tuple[str, dict[str, Any]]] = {
-    "grammar": (
-        "/v1/completions",
-        {"prompt": "Write the number seven in digits:", "grammar": 'root ::= "7"'},
-    ),
-    "json_schema": (
-        "/v1/chat/completions",
-        {
-            "messages": [{"role": "user", "content": "Write the number seven in digits."}],
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "seven", "schema": {"type": "integer", "enum": [7]}},
-            },
-        },
-    ),
-}
+_GRAMMAR_PROBE = ("/v1/completions", {"prompt": f"{_SEVEN}\n", "grammar": 'root ::= "7"'})
+_SEVEN_SCHEMA = {"type": "integer", "enum": [7]}
 
 
 async def probe_features(
     url: str, model: str, key_env: str | None = None, wait_s: float = 60.0
-) -> dict[str, bool | None]:
+) -> dict[str, Any]:
     """Whether the server follows a GBNF `grammar` (llama-server's and llmos's extension)
-    and an OpenAI `json_schema` response format: True, False (it ignored or refused the
-    field), or None (not known: the probe failed otherwise, e.g. timed out)."""
+    and a JSON schema: True, False (it ignored or refused the field), or None (not known:
+    the probe failed otherwise, e.g. timed out or the server was busy). The schema is tried
+    as OpenAI's `json_schema` response format, then as `json_object` with a schema; the
+    shape it followed is `schema_format`."""
     import httpx
 
-    out: dict[str, bool | None] = {}
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=wait_s) as http:
-        for feature, (path, extra) in _FEATURE_PROBES.items():
+
+        async def follows(path: str, extra: dict[str, Any]) -> bool | None:
             body = {"model": model, "max_tokens": 4, "temperature": 0, **extra}
             try:
                 r = await http.post(path, json=body, headers=_headers(key_env))
             except httpx.HTTPError:
-                out[feature] = None
-                continue
-            if r.status_code in (400, 422):
-                out[feature] = False
-                continue
+                return None
+            if r.status_code in RETRYABLE_STATUS - {500}:
+                return None  # busy or away: not an answer about the field
+            if r.status_code != 200:
+                return False  # refused (some servers answer a field they reject with 500)
             try:
                 choice = r.json()["choices"][0]
                 text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                out[feature] = None
-                continue
-            out[feature] = str(text).strip() == "7" if r.status_code == 200 else None
-    return out
+                return None
+            return str(text).strip() == "7"
+
+        out: dict[str, Any] = {"grammar": await follows(*_GRAMMAR_PROBE)}
+        seen: list[bool | None] = []
+        for shape in ("json_schema", "json_object"):
+            chat = {
+                "messages": [{"role": "user", "content": _SEVEN}],
+                "response_format": response_format(_SEVEN_SCHEMA, shape),
+            }
+            seen.append(await follows("/v1/chat/completions", chat))
+            if seen[-1]:
+                return {**out, "json_schema": True, "schema_format": shape}
+        out["json_schema"] = None if None in seen else False
+        return out
 
 
 class RemoteEngine:
@@ -154,6 +162,7 @@ class RemoteEngine:
         self.seq_ctx_max = int(meta.get("n_ctx") or 4096)
         # what add-remote's probe found: True, False, or None (not known: passed through)
         self.features: dict[str, bool | None] = {f: meta.get(f) for f in ("grammar", "json_schema")}
+        self.schema_format = str(meta.get("schema_format") or "json_schema")  # as probed
         self.aging_s = settings.aging_s
         self.retries = settings.remote_retries
         self.read_timeout_s = settings.remote_timeout_s
@@ -291,9 +300,14 @@ class RemoteEngine:
             raise RemoteDown(f"remote model {self.name} is down: {exc}") from None
         self.down, self.failures = None, 0
 
-    def _failed(self, why: str) -> None:
-        self.failures += 1
+    def _failed(self, why: str, *, down: bool = True) -> None:
+        """A request failed after its retries. Unless the server answered it (an HTTP
+        500 says the server is up and this request is what it cannot serve), two such in
+        a row mark the backend down."""
         self.counts["failed"] += 1
+        if not down:
+            return
+        self.failures += 1
         if self.failures >= 2:  # two requests in a row, each after its retries
             self.down = why
             self._next_probe = time.monotonic() + self.probe_s
@@ -325,9 +339,7 @@ class RemoteEngine:
         if p.presence_penalty:
             body["presence_penalty"] = p.presence_penalty
         if p.json_schema is not None:
-            body["response_format"] = {
-                "type": "json_schema", "json_schema": {"name": "schema", "schema": p.json_schema},
-            }  # fmt: skip
+            body["response_format"] = response_format(p.json_schema, self.schema_format)
         if p.grammar is not None:
             body["grammar"] = p.grammar  # llama-server's (and llmos's) extension
         if p.ignore_eos:
@@ -410,6 +422,7 @@ class RemoteGeneration:
         path, body = eng.body(self.prompt, self.params)
         headers = _headers(eng.key_env)
         why = ""
+        answered = False  # the last try had an answer (HTTP 500): the server is up
         for attempt in range(eng.retries + 1):
             if attempt:
                 eng.counts["retries"] += 1
@@ -420,7 +433,9 @@ class RemoteGeneration:
                 async with eng.client().stream("POST", path, json=body, headers=headers) as r:
                     self._response = r
                     if r.status_code in RETRYABLE_STATUS:
-                        why = f"HTTP {r.status_code}"
+                        detail = (await r.aread()).decode("utf-8", "replace")[:300]
+                        why = f"HTTP {r.status_code}" + (f": {_message(detail)}" if detail else "")
+                        answered = r.status_code == 500
                         continue
                     if r.status_code != 200:
                         detail = (await r.aread()).decode("utf-8", "replace")[:300]
@@ -437,6 +452,7 @@ class RemoteGeneration:
                 if self._cancelled:
                     return
                 why = f"{type(exc).__name__}: {exc}".strip(": ")
+                answered = False
                 if self.stats.generated > 0:  # tokens went out: it cannot be resumed
                     self._end("error")
                     raise GenerationError(
@@ -445,7 +461,7 @@ class RemoteGeneration:
                     ) from None
             finally:
                 self._response = None
-        eng._failed(why)
+        eng._failed(why, down=not answered)
         self._end("error")
         raise GenerationError(
             f"remote model {eng.name} ({eng.url}) failed after {eng.retries + 1} tries: {why}"
@@ -480,8 +496,17 @@ class RemoteGeneration:
                     self.engine.counts["tokens"] += 1
                     self.text += piece
                     yield piece
-        if not self._cancelled:
-            self._end(self.reason or "stop")
+        if self._cancelled:
+            return
+        if self.reason is None:  # no finish reason: the server cut the stream short
+            self._end("error")
+            raise GenerationError(
+                f"remote model {self.engine.name}: the stream ended after "
+                f"{self.stats.generated} tokens without a finish reason (the server cut it "
+                "short; llama-cpp-python's server does so to serve another request unless "
+                "started with --interrupt_requests False)"
+            )
+        self._end(self.reason)
 
 
 def _message(detail: str) -> str:
