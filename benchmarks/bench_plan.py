@@ -102,47 +102,58 @@ def main() -> None:
     def make() -> Any:
         return engine(c, quantum=10_000)
 
-    measured = measure_engine(
-        make, args.prompt_tokens, args.output_tokens, list(range(1, c + 1)), repeats=3
-    )
-    table = measured.table
-    costs = StepCosts.fit(measured.steps, args.prompt_tokens)
-    print("service table (s per request at k together):", {k: round(v, 3) for k, v in table.items()})  # fmt: skip
-    print(
-        "steps: decode (ms) " + ", ".join(f"{k}: {v * 1000:.1f}" for k, v in costs.decode_s.items())
-        + f"; prompt step {costs.prefill_fixed_s * 1000:.1f} ms + {costs.prefill_per_token_s * 1000:.2f} ms/token"
-    )  # fmt: skip
-    core = make()
-    try:
-        for i, target in enumerate(float(x) for x in args.loads.split(",")):
+    def measure() -> tuple[Any, Any]:
+        """The engine measured as `llmos plan` measures it, and its step costs."""
+        m = measure_engine(
+            make, args.prompt_tokens, args.output_tokens, list(range(1, c + 1)), repeats=3
+        )
+        costs = StepCosts.fit(m.steps, args.prompt_tokens, m.mixed)
+        print("service table (s per request at k together):", {k: round(v, 3) for k, v in m.table.items()})  # fmt: skip
+        print(
+            "steps: decode (ms) " + ", ".join(f"{k}: {v * 1000:.1f}" for k, v in costs.decode_s.items())
+            + f"; prompt step {costs.prefill_fixed_s * 1000:.1f} ms + {costs.prefill_per_token_s * 1000:.2f} ms/token"
+            + "; a prompt beside d decoding (ms) " + ", ".join(f"{d}: {v * 1000:.1f}" for d, v in m.mixed.items())
+        )  # fmt: skip
+        return m, costs
+
+    # Measured again before each load: this machine's speed drifts by tens of percent
+    # between minutes, and a wait near saturation amplifies any error in the service time.
+    for i, target in enumerate(float(x) for x in args.loads.split(",")):
+        measured, costs = measure()
+        table = measured.table
+        core = make()
+        try:
             rate = solve_rate(target, costs, c, args.prompt_tokens, args.output_tokens)
             seqs = drive(core, rate, args.requests, args.prompt_tokens, args.output_tokens, i)
-            waits = [s.stats.queue_wait for s in seqs]
-            service = [s.stats.finished - s.stats.admitted for s in seqs]
-            mean_wait = statistics.mean(waits)
-            s_mean = statistics.mean(service)
-            cs2 = statistics.pvariance(service) / s_mean**2
-            naive = mmc(rate, table[1], c)
-            s_eff = effective_service_s(rate, table, c)
-            corrected = mmc(rate, s_eff, c)
-            gg = mmc(rate, s_eff, c, cs2=cs2)
-            # the queue formula alone, given the service time the run itself measured
-            rows: list[tuple[str, Any]] = [("M/M/c, S(1)", naive), ("M/M/c, load-corrected", corrected), ("G/G/c Allen-Cunneen", gg)]  # fmt: skip
-            if rate * s_mean < c:
-                rows.append(("G/G/c, S measured in run", mmc(rate, s_mean, c, cs2=cs2)))
-            sim = simulate(rate, costs, c, args.prompt_tokens, args.output_tokens, requests=20000)
-            rows.append(("engine simulated", sim))
-            print(
-                f"target rho {target:.2f}: rate {rate:.2f}/s, measured rho {rate * s_mean / c:.2f}, "
-                f"S mean {s_mean:.3f} s (load-corrected {s_eff:.3f}, simulated {sim.mean_service_s:.3f}, "
-                f"alone {table[1]:.3f}), cs2 {cs2:.3f}, p95 wait {sorted(waits)[int(0.95 * len(waits))]:.3f} s "
-                f"(simulated {sim.p95_wait_s:.3f})"
-            )  # fmt: skip
-            for name, plan in rows:
-                err = (plan.mean_wait_s - mean_wait) / mean_wait if mean_wait > 0 else float("inf")
-                print(f"  {name:24s} mean wait {plan.mean_wait_s:.3f} s vs measured {mean_wait:.3f} s ({err:+.0%})")  # fmt: skip
-    finally:
-        core.close()
+        finally:
+            core.close()
+        waits = [s.stats.queue_wait for s in seqs]
+        service = [s.stats.finished - s.stats.admitted for s in seqs]
+        mean_wait = statistics.mean(waits)
+        s_mean = statistics.mean(service)
+        cs2 = statistics.pvariance(service) / s_mean**2
+        naive = mmc(rate, table[1], c)
+        s_eff = effective_service_s(rate, table, c)
+        corrected = mmc(rate, s_eff, c)
+        gg = mmc(rate, s_eff, c, cs2=cs2)
+        # the queue formula alone, given the service time the run itself measured
+        rows: list[tuple[str, Any]] = [("M/M/c, S(1)", naive), ("M/M/c, load-corrected", corrected), ("G/G/c Allen-Cunneen", gg)]  # fmt: skip
+        if rate * s_mean < c:
+            rows.append(("G/G/c, S measured in run", mmc(rate, s_mean, c, cs2=cs2)))
+        sim = simulate(rate, costs, c, args.prompt_tokens, args.output_tokens, requests=20000)
+        rows.append(("engine simulated", sim))
+        # the same without the measured mixed steps: a decode's cost added to a prompt's
+        additive = StepCosts.fit(measured.steps, args.prompt_tokens)
+        rows.append(("  ..., steps added", simulate(rate, additive, c, args.prompt_tokens, args.output_tokens, requests=20000)))  # fmt: skip
+        print(
+            f"target rho {target:.2f}: rate {rate:.2f}/s, measured rho {rate * s_mean / c:.2f}, "
+            f"S mean {s_mean:.3f} s (load-corrected {s_eff:.3f}, simulated {sim.mean_service_s:.3f}, "
+            f"alone {table[1]:.3f}), cs2 {cs2:.3f}, p95 wait {sorted(waits)[int(0.95 * len(waits))]:.3f} s "
+            f"(simulated {sim.p95_wait_s:.3f})"
+        )  # fmt: skip
+        for name, plan in rows:
+            err = (plan.mean_wait_s - mean_wait) / mean_wait if mean_wait > 0 else float("inf")
+            print(f"  {name:24s} mean wait {plan.mean_wait_s:.3f} s vs measured {mean_wait:.3f} s ({err:+.0%})")  # fmt: skip
 
 
 if __name__ == "__main__":

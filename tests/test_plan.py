@@ -151,6 +151,10 @@ def test_simulated_engine_batching_and_prompts_cost_what_steps_cost() -> None:
     busy = [cap.simulate(r, costs, 4, 300, 11, requests=3000, seed=1) for r in (2.0, 4.0)]
     assert alone.mean_service_s < busy[0].mean_service_s < busy[1].mean_service_s
     assert busy[0].mean_wait_s < busy[1].mean_wait_s
+    # decodes riding beside a prompt cost what was measured, not a decode step's own cost
+    mixed = cap.StepCosts.fit({1: (0.082, 0.01)}, 32, {1: 0.085, 3: 0.095})
+    assert mixed.step_s(1, 32) == pytest.approx(0.085) and mixed.step_s(0, 32) == pytest.approx(0.082)  # fmt: skip
+    assert mixed.step_s(2, 64) == pytest.approx(0.164 + 0.008) and mixed.step_s(2, 0) == 0.01
     fit = cap.StepCosts.fit({1: (0.082, 0.01), 2: (0.114, 0.016), 4: (0.178, 0.025)}, 32)
     assert fit.prefill_fixed_s == pytest.approx(0.05) and fit.prefill_per_token_s == pytest.approx(0.001)  # fmt: skip
     assert fit.decode_s == {1: 0.01, 2: 0.016, 4: 0.025}
@@ -240,6 +244,7 @@ def test_measure_service_scripted_engine() -> None:
     table = measured.table
     assert sorted(table) == [1, 2, 4] and seen == [1, 2, 4]
     assert sorted(measured.steps) == [1, 2, 4]
+    assert sorted(measured.mixed) == [1, 2] and all(v > 0 for v in measured.mixed.values())
     assert all(pre > 0 and dec > 0 for pre, dec in measured.steps.values())
     assert all(v > 0 for v in table.values())
     assert engines[0].backend.closed
@@ -255,10 +260,10 @@ def test_table_cache(tmp_path: Path) -> None:
     assert path == tmp_path / "plan" / "m.json"
     assert pm.load_table(tmp_path, "m", 10, 5) == {1: 0.5, 2: 0.75}
     assert pm.load_table(tmp_path, "m", 10, 6) is None  # other sizes: measure again
-    assert pm.load_steps(tmp_path, "m", 10, 5) is None  # saved without step timings
-    pm.save_table(tmp_path, "m", 10, 5, {1: 0.5}, {1: (0.1, 0.02)})
-    assert pm.load_steps(tmp_path, "m", 10, 5) == {1: (0.1, 0.02)}
-    assert pm.load_steps(tmp_path, "m", 10, 6) is None
+    assert pm.load_costs(tmp_path, "m", 10, 5) is None  # saved without step timings
+    pm.save_table(tmp_path, "m", 10, 5, {1: 0.5}, {1: (0.1, 0.02)}, {1: 0.11})
+    assert pm.load_costs(tmp_path, "m", 10, 5) == cap.StepCosts.fit({1: (0.1, 0.02)}, 10, {1: 0.11})
+    assert pm.load_costs(tmp_path, "m", 10, 6) is None
     path.write_text("{not json")
     assert pm.load_table(tmp_path, "m", 10, 5) is None
     assert pm.cache_path(tmp_path, "a/b.gguf").parent == tmp_path / "plan"
@@ -307,7 +312,7 @@ def test_cli_plan_real_model(real_model_path: Path, monkeypatch: pytest.MonkeyPa
     assert "the engine simulated" in r.output and "simulated: 2 slots" in r.output
     cached = json.loads((_data_dir() / "plan" / "smollm2-135m-instruct.json").read_text())
     assert cached["prompt_tokens"] == 16 and set(cached["table"]) == {"1", "2"}
-    assert set(cached["steps"]) == {"1", "2"}
+    assert set(cached["steps"]) == {"1", "2"} and set(cached["mixed"]) == {"1"}
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached" in again.output
     fresh = runner.invoke(app, [*args, "--measure"])

@@ -80,7 +80,7 @@ def plan(
     wanted = _sizes(sizes) if sizes else pm.default_sizes(min(c, MAX_MEASURED_SLOTS))
 
     table = None if measure else pm.load_table(s.data_dir, name, prompt_tokens, output_tokens)
-    steps = None if measure else pm.load_steps(s.data_dir, name, prompt_tokens, output_tokens)
+    costs = None if measure else pm.load_costs(s.data_dir, name, prompt_tokens, output_tokens)
     cached = table is not None and set(wanted) <= set(table)
     if not cached:
         factory = pm.settings_engine_factory(s, name, slots=max(wanted))
@@ -95,8 +95,15 @@ def plan(
             )
         except (LlmosError, ValueError) as exc:
             raise fail(str(exc)) from None
-        table, steps = measured.table, measured.steps
-        pm.save_table(s.data_dir, name, prompt_tokens, output_tokens, table, steps)
+        table = measured.table
+        pm.save_table(
+            s.data_dir, name, prompt_tokens, output_tokens, table, measured.steps, measured.mixed
+        )
+        costs = (
+            cap.StepCosts.fit(measured.steps, prompt_tokens, measured.mixed)
+            if measured.steps
+            else None
+        )
     assert table is not None
 
     s1 = cap.service_time_at(1, table)
@@ -124,8 +131,7 @@ def plan(
     typer.echo(f"rate {lam:g}/s on {c} slots; {kind}, unbatched vs load-corrected service")
     _table(base, corr)
     sim = None
-    if steps:
-        costs = cap.StepCosts.fit(steps, prompt_tokens)
+    if costs is not None:
         sim = cap.simulate(
             lam, costs, c, prompt_tokens, output_tokens, ca2=ca2,
             prefill_chunk=s.prefill_chunk, n_batch=s.n_batch,

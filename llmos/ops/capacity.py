@@ -247,30 +247,50 @@ def load_corrected_slots_needed(
 @dataclass(frozen=True, slots=True)
 class StepCosts:
     """What one engine step costs, measured: a step of k sequences each decoding one token
-    takes `decode_s[k]` seconds (interpolated between measured k, as `service_time_at`);
-    prompt tokens evaluated in a step add `prefill_fixed_s` + `prefill_per_token_s` per
-    token. Prefill and decode cost differently per token (a prompt is evaluated as a
-    matrix, a decode token as a vector), which is why one S(k) per batch size, measured
-    with k prompts started together, cannot say how requests arriving one by one share
-    the engine."""
+    takes `decode_s[k]` seconds (interpolated between measured k, as `service_time_at`); a
+    step evaluating prompt tokens alone costs `prefill_fixed_s` + `prefill_per_token_s`
+    per token; and decodes riding in a step with a prompt add what `mixed_s` measured
+    ({d: seconds of a step with one prompt of `prompt_tokens` and d decodes}) beyond the
+    prompt alone; unmeasured, a decode step's cost. Prefill and decode cost differently
+    per token (a prompt is evaluated as a matrix, a decode token as a vector), which is
+    why one S(k) per batch size, measured with k prompts started together, cannot say how
+    requests arriving one by one share the engine."""
 
     decode_s: Mapping[int, float]
     prefill_fixed_s: float
     prefill_per_token_s: float
+    mixed_s: Mapping[int, float] | None = None
+    prompt_tokens: int = 0
+
+    def prefill_s(self, tokens: int) -> float:
+        return self.prefill_fixed_s + self.prefill_per_token_s * tokens
 
     def step_s(self, decoding: int, prefill_tokens: int) -> float:
         """Seconds of a step with `decoding` one-token decodes and `prefill_tokens` prompt
         tokens."""
-        out = service_time_at(decoding, self.decode_s) if decoding else 0.0
-        if prefill_tokens:
-            out += self.prefill_fixed_s + self.prefill_per_token_s * prefill_tokens
+        if not prefill_tokens:
+            return service_time_at(decoding, self.decode_s) if decoding else 0.0
+        out = self.prefill_s(prefill_tokens)
+        if decoding:
+            if self.mixed_s:
+                alone = self.prefill_s(self.prompt_tokens)
+                extra = {0: 0.0, **{d: max(0.0, v - alone) for d, v in self.mixed_s.items()}}
+                out += service_time_at(decoding, extra)
+            else:
+                out += service_time_at(decoding, self.decode_s)
         return out
 
     @classmethod
-    def fit(cls, steps: Mapping[int, tuple[float, float]], prompt_tokens: int) -> StepCosts:
+    def fit(
+        cls,
+        steps: Mapping[int, tuple[float, float]],
+        prompt_tokens: int,
+        mixed: Mapping[int, float] | None = None,
+    ) -> StepCosts:
         """From {k: (seconds of the prefill step of k prompts started together, seconds of
         one decode step of k)}: the decode table as measured, and a least-squares line
-        through the prefill steps (k·prompt_tokens tokens each; fixed part at least 0)."""
+        through the prefill steps (k·prompt_tokens tokens each; fixed part at least 0);
+        `mixed` as measured."""
         if not steps:
             raise ValueError("no step timings to fit")
         xs = [k * prompt_tokens for k in steps]
@@ -285,7 +305,10 @@ class StepCosts:
             if fixed < 0 or per <= 0:  # noise: a line through the origin instead
                 per, fixed = sum(ys) / sum(xs), 0.0
         decode = {k: dec for k, (_, dec) in steps.items()}
-        return cls(decode_s=decode, prefill_fixed_s=fixed, prefill_per_token_s=per)
+        return cls(
+            decode_s=decode, prefill_fixed_s=fixed, prefill_per_token_s=per,
+            mixed_s=dict(mixed) if mixed else None, prompt_tokens=prompt_tokens,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

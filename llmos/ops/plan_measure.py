@@ -21,6 +21,7 @@ from llmos.errors import LlmosError
 if TYPE_CHECKING:
     from llmos.config import Settings
     from llmos.kernel.engine import EngineCore, Event
+    from llmos.ops.capacity import StepCosts
 
 # A filler for prompts; each prompt starts with its own number so that no two share a
 # prefix the engine could reuse (which would make prefill look free).
@@ -41,6 +42,39 @@ def _prompt(engine: EngineCore, n_tokens: int, tag: str) -> list[int]:
     return out[:n_tokens]
 
 
+class _Done:
+    """A sink that counts finished sequences; `wait()` blocks until `n` have finished and
+    raises a clear LlmosError on a timeout or a failed request."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.errors: list[str] = []
+
+    def __call__(self, events: list[Event]) -> None:
+        from llmos.kernel.engine import DoneEvent
+
+        for ev in events:
+            if isinstance(ev, DoneEvent):
+                with self.lock:
+                    if ev.reason not in ("stop", "length"):
+                        self.errors.append(f"{ev.reason}: {ev.error}")
+                    self.left -= 1
+                    if self.left == 0:
+                        self.event.set()
+
+    def wait(self, what: str) -> None:
+        if not self.event.wait(TIMEOUT_S):
+            raise LlmosError(f"measuring {what} took over {TIMEOUT_S:.0f} s")
+        if self.errors:
+            raise LlmosError(f"a measurement request failed ({self.errors[0]})")
+
+
+def _params(output_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
+
+
 def _run_batch(
     engine: EngineCore, prompts: list[list[int]], output_tokens: int
 ) -> list[tuple[float, float | None, float | None]]:
@@ -48,30 +82,10 @@ def _run_batch(
     last token (its time holding a slot, as all of them fit the slots), its prompt's step
     (admission to first token) and its mean decode step (first token to last, per token
     after the first); None where the stats lack them."""
-    done = threading.Event()
-    left = [len(prompts)]
-    lock = threading.Lock()
-    errors: list[str] = []
-
-    def sink(events: list[Event]) -> None:
-        from llmos.kernel.engine import DoneEvent
-
-        for ev in events:
-            if isinstance(ev, DoneEvent):
-                with lock:
-                    if ev.reason not in ("stop", "length"):
-                        errors.append(f"{ev.reason}: {ev.error}")
-                    left[0] -= 1
-                    if left[0] == 0:
-                        done.set()
-
-    params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
+    done = _Done(len(prompts))
     t0 = time.perf_counter()
-    seqs = [engine.submit(p, params, sink=sink) for p in prompts]
-    if not done.wait(TIMEOUT_S):
-        raise LlmosError(f"measuring {len(prompts)} requests took over {TIMEOUT_S:.0f} s")
-    if errors:
-        raise LlmosError(f"a measurement request failed ({errors[0]})")
+    seqs = [engine.submit(p, _params(output_tokens), sink=done) for p in prompts]
+    done.wait(f"{len(prompts)} requests")
     wall = time.perf_counter() - t0
     # a sequence's own stats (the engine's clock); the batch's wall time if one lacks them
     out: list[tuple[float, float | None, float | None]] = []
@@ -85,14 +99,36 @@ def _run_batch(
     return out
 
 
+def _mixed_step(engine: EngineCore, d: int, prompt_tokens: int, tag: str) -> float | None:
+    """Seconds of the step that evaluates one prompt while `d` other sequences decode (the
+    step a request arriving at a busy engine gets): `d` requests are started, and once all
+    of them decode, one more."""
+    done = _Done(d + 1)
+    busy = [
+        engine.submit(_prompt(engine, prompt_tokens, f"{tag}-{j}"), _params(64), sink=done)
+        for j in range(d)
+    ]
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(s.stats.first_token is None for s in busy) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    extra = engine.submit(_prompt(engine, prompt_tokens, f"{tag}-x"), _params(1), sink=done)
+    done.wait(f"a prompt beside {d} decoding")
+    st = extra.stats
+    if st.first_token is None or st.admitted is None:
+        return None
+    return st.first_token - st.admitted
+
+
 @dataclass
 class Measured:
     """What `measure_engine` found: {k: seconds per request when k run together} (the
-    service table), and {k: (seconds of the step that evaluates k prompts, seconds of a
-    step that decodes k tokens)} for `capacity.StepCosts.fit`."""
+    service table), {k: (seconds of the step that evaluates k prompts, seconds of a step
+    that decodes k tokens)}, and {d: seconds of the step that evaluates one prompt while d
+    others decode}, for `capacity.StepCosts.fit`."""
 
     table: dict[int, float]
     steps: dict[int, tuple[float, float]]
+    mixed: dict[int, float]  # d: seconds of a step with one prompt and d decodes
 
 
 def measure_service(
@@ -128,7 +164,8 @@ def measure_engine(
     called before each size is measured. With `repeats` > 1 each size is run that many
     times and the median kept: a machine busy with other work stalls a run now and then,
     and one stall would otherwise become the figure. The same runs give the step timings
-    (`Measured.steps`, medians likewise)."""
+    (`Measured.steps`, medians likewise); then, for each measured k below the slots, a
+    prompt is timed beside k decoding requests (`Measured.mixed`)."""
     if prompt_tokens < 1 or output_tokens < 1 or repeats < 1:
         raise ValueError("prompt and output sizes and repeats must be at least 1")
     engine = engine_factory()
@@ -153,7 +190,13 @@ def measure_engine(
             table[k] = statistics.median(runs)
             if prefills and decodes:
                 steps[k] = (statistics.median(prefills), statistics.median(decodes))
-        return Measured(table, steps)
+        mixed: dict[int, float] = {}
+        for d in sorted({k for k in sizes if k < slots}):
+            tries = [_mixed_step(engine, d, prompt_tokens, f"mix-{d}-{r}") for r in range(repeats)]
+            kept = [x for x in tries if x is not None]
+            if kept:
+                mixed[d] = statistics.median(kept)
+        return Measured(table, steps, mixed)
     finally:
         engine.close()
 
@@ -196,17 +239,20 @@ def load_table(
     return table or None
 
 
-def load_steps(
+def load_costs(
     data_dir: Path, model: str, prompt_tokens: int, output_tokens: int
-) -> dict[int, tuple[float, float]] | None:
-    """The cached step timings for `model` (a table cached before they were kept has
-    none)."""
+) -> StepCosts | None:
+    """The step costs fitted to the cached step timings for `model` (a table cached before
+    they were kept has none)."""
+    from llmos.ops.capacity import StepCosts
+
     data = _cached(data_dir, model, prompt_tokens, output_tokens)
     try:
         steps = {int(k): (float(v[0]), float(v[1])) for k, v in data["steps"].items()}
+        mixed = {int(k): float(v) for k, v in (data.get("mixed") or {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
-    return steps or None
+    return StepCosts.fit(steps, prompt_tokens, mixed) if steps else None
 
 
 def save_table(
@@ -216,6 +262,7 @@ def save_table(
     output_tokens: int,
     table: dict[int, float],
     steps: dict[int, tuple[float, float]] | None = None,
+    mixed: dict[int, float] | None = None,
 ) -> Path:
     path = cache_path(data_dir, model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +272,7 @@ def save_table(
         "output_tokens": output_tokens,
         "table": {str(k): v for k, v in sorted(table.items())},
         "steps": {str(k): list(v) for k, v in sorted((steps or {}).items())},
+        "mixed": {str(k): v for k, v in sorted((mixed or {}).items())},
         "measured_at": time.time(),
     }
     tmp = path.with_suffix(".tmp")
