@@ -280,6 +280,25 @@ def test_add_remote_probes_the_server(tmp_path: Path, peer: tuple[str, Gate]) ->
     assert "--url must be an http:// or https:// URL" in line
 
 
+def test_plan_measures_a_remote_model_over_its_api(
+    tmp_path: Path, peer: tuple[str, Gate]
+) -> None:
+    """`llmos plan` on a remote model: c is its `--parallel`, and the table is measured by
+    sending k requests at once over its API (no simulation: its server batches)."""
+    url, _ = peer
+    args = ["models", "add-remote", "gpu", "--url", url, "--model", DEFAULT_MODEL]
+    assert runner.invoke(cli, [*args, "--parallel", "2"]).exit_code == 0
+    plan = ["plan", "--model", "gpu", "--rate", "1/s", "--prompt-tokens", "16"]
+    r = runner.invoke(cli, [*plan, "--output-tokens", "8", "--repeats", "1"])
+    assert r.exit_code == 0, r.output
+    assert f"gpu (remote at {url}): 16 prompt + 8 output tokens" in r.output
+    assert "rate 1/s on 2 slots" in r.output and "not simulated" in r.output
+    table = [ln.split() for ln in r.output.splitlines() if ln[:5].strip() in ("1", "2")]
+    assert [row[0] for row in table] == ["1", "2"] and all(float(row[1]) > 0 for row in table)
+    again = runner.invoke(cli, [*plan, "--output-tokens", "8"])
+    assert again.exit_code == 0 and "(cached;" in again.output, again.output
+
+
 async def test_a_route_picks_a_model_and_falls_back(tmp_path: Path, peer: tuple[str, Gate]) -> None:
     url, _ = peer
     routes = {"auto": ["peer", DEFAULT_MODEL]}

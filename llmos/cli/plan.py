@@ -4,7 +4,7 @@ table and queueing theory (llmos/ops/capacity.py; docs/PLAN.md)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,7 +12,9 @@ from llmos.cli.common import fail, settings
 from llmos.errors import LlmosError
 
 if TYPE_CHECKING:
+    from llmos.config import Settings
     from llmos.ops.capacity import QueuePlan
+    from llmos.ops.plan_measure import Measured
 
 MAX_MEASURED_SLOTS = 64  # the most slots an engine may have (n_seq_max's limit)
 
@@ -76,34 +78,35 @@ def plan(
         raise fail(str(exc)) from None
     s = settings()
     name = model or s.default_model
-    c = slots or s.n_seq_max
+    remote = _remote_meta(s, name)
+    c = slots or (int(remote.get("parallel") or 4) if remote is not None else s.n_seq_max)
     wanted = _sizes(sizes) if sizes else pm.default_sizes(min(c, MAX_MEASURED_SLOTS))
 
     table = None if measure else pm.load_table(s.data_dir, name, prompt_tokens, output_tokens)
     costs = None if measure else pm.load_costs(s.data_dir, name, prompt_tokens, output_tokens)
     cached = table is not None and set(wanted) <= set(table)
     if not cached:
-        factory = pm.settings_engine_factory(s, name, slots=max(wanted))
         typer.echo(
-            f"measuring {name}: {prompt_tokens} prompt + {output_tokens} output tokens per "
-            f"request, batches of {','.join(map(str, wanted))}",
+            f"measuring {name}{' (remote: over its API)' if remote is not None else ''}: "
+            f"{prompt_tokens} prompt + {output_tokens} output tokens per request, batches of "
+            f"{','.join(map(str, wanted))}",
             err=True,
         )
         try:
-            measured = pm.measure_engine(
-                factory, prompt_tokens, output_tokens, wanted, repeats=repeats
-            )
+            if remote is not None:
+                measured = _measure_remote(s, name, remote, c, prompt_tokens, output_tokens, wanted, repeats)  # fmt: skip
+            else:
+                factory = pm.settings_engine_factory(s, name, slots=max(wanted))
+                measured = pm.measure_engine(
+                    factory, prompt_tokens, output_tokens, wanted, repeats=repeats
+                )
         except (LlmosError, ValueError) as exc:
             raise fail(str(exc)) from None
         table = measured.table
-        pm.save_table(
-            s.data_dir, name, prompt_tokens, output_tokens, table, measured.steps, measured.mixed
-        )
-        costs = (
-            cap.StepCosts.fit(measured.steps, prompt_tokens, measured.mixed)
-            if measured.steps
-            else None
-        )
+        # a remote model's batching is its server's: no step timings, no simulation
+        steps = measured.steps if remote is None else {}
+        pm.save_table(s.data_dir, name, prompt_tokens, output_tokens, table, steps, measured.mixed)
+        costs = cap.StepCosts.fit(steps, prompt_tokens, measured.mixed) if steps else None
     assert table is not None
 
     s1 = cap.service_time_at(1, table)
@@ -120,8 +123,9 @@ def plan(
     corr = cap.mmc(lam, s_eff, c, cs2=cs2, ca2=ca2)
 
     where = "cached" if cached else "measured"
+    at = f" (remote at {remote.get('url')})" if remote is not None else ""
     typer.echo(
-        f"{name}: {prompt_tokens} prompt + {output_tokens} output tokens per request "
+        f"{name}{at}: {prompt_tokens} prompt + {output_tokens} output tokens per request "
         f"({where}; the table is plan/{pm.cache_path(s.data_dir, name).name} in the data dir)"
     )
     typer.echo("batch  s/request")
@@ -143,12 +147,49 @@ def plan(
             f"{sim.p95_wait_s:.3f} s"
         )
     else:
-        typer.echo("(this table was cached without step timings: --measure adds the simulation)")
+        typer.echo(
+            "(not simulated: a remote model batches as its server does)"
+            if remote is not None
+            else "(this table was cached without step timings: --measure adds the simulation)"
+        )
     if target is not None:
         _target(lam, table, c, target, s1, cs2=cs2, ca2=ca2)
         if sim is not None:
             meets = "meets" if sim.p95_wait_s <= target else "misses"
             typer.echo(f"simulated: {c} slots {meets} it (p95 wait {sim.p95_wait_s:.3f} s)")
+
+
+def _remote_meta(s: Settings, name: str) -> dict[str, Any] | None:
+    """A remote model's catalog entry (c is its `parallel`), or None for a local one."""
+    from llmos.kernel.models import ModelLibrary
+
+    try:
+        entry = ModelLibrary(s.data_dir).get(name)
+    except LlmosError:
+        return None  # not in the catalog: measuring it says so
+    return dict(entry.meta or {}) if entry.remote else None
+
+
+def _measure_remote(
+    s: Settings, name: str, meta: dict[str, Any], c: int, prompt_tokens: int,
+    output_tokens: int, sizes: list[int], repeats: int,
+) -> Measured:  # fmt: skip
+    """Measure a remote model over its API, up to `c` requests at once."""
+    import asyncio
+
+    from llmos.kernel.remote import RemoteEngine
+    from llmos.ops import plan_measure as pm
+
+    async def run() -> Measured:
+        engine = RemoteEngine(name, {**meta, "parallel": max(c, *sizes)}, s)
+        try:
+            return await pm.measure_remote(
+                engine, prompt_tokens, output_tokens, sizes, repeats=repeats
+            )
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
 
 
 def _table(base: QueuePlan, corr: QueuePlan) -> None:

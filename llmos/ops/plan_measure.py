@@ -6,6 +6,7 @@ The formulas that use the table are in `llmos/ops/capacity.py`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import threading
@@ -21,6 +22,7 @@ from llmos.errors import LlmosError
 if TYPE_CHECKING:
     from llmos.config import Settings
     from llmos.kernel.engine import EngineCore, Event
+    from llmos.kernel.remote import RemoteEngine
     from llmos.ops.capacity import StepCosts
 
 # A filler for prompts; each prompt starts with its own number so that no two share a
@@ -199,6 +201,62 @@ def measure_engine(
         return Measured(table, steps, mixed)
     finally:
         engine.close()
+
+
+async def measure_remote(
+    engine: RemoteEngine,
+    prompt_tokens: int,
+    output_tokens: int,
+    sizes: list[int],
+    *,
+    repeats: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Measured:
+    """`measure_engine` for a model another engine serves: k requests sent together over
+    its API for each k (at most the entry's `parallel`), timed from submission to the
+    last streamed token; the step timings from the first token and the streaming rate.
+    With no tokenizer here the prompt is text of about `prompt_tokens` tokens (four
+    characters a token); the server's usage, where it reports one, says what it counted."""
+    if any(k < 1 or k > engine.parallel for k in sizes):
+        raise ValueError(
+            f"batch sizes must be between 1 and {engine.name}'s {engine.parallel} at once"
+        )
+    params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
+
+    def text(tag: str) -> str:
+        out = f"Request {tag}. "
+        while len(out) < 4 * prompt_tokens:
+            out += _FILLER
+        return out[: 4 * prompt_tokens]
+
+    async def one(tag: str) -> tuple[float, float | None, float | None]:
+        gen = engine.generate(text(tag), params)
+        async for _ in gen:
+            pass
+        st = gen.stats
+        end = st.finished if st.finished is not None else time.monotonic()
+        if st.first_token is None or st.admitted is None:
+            return end - st.submitted, None, None
+        n = st.generated
+        decode = (end - st.first_token) / (n - 1) if n > 1 else None
+        return end - st.submitted, st.first_token - st.admitted, decode
+
+    await one("warm-up")
+    table: dict[int, float] = {}
+    steps: dict[int, tuple[float, float]] = {}
+    for k in sorted(set(sizes)):
+        if progress is not None:
+            progress(k)
+        runs, prefills, decodes = [], [], []
+        for r in range(repeats):
+            each = await asyncio.gather(*(one(f"{k}-{r}-{j}") for j in range(k)))
+            runs.append(sum(t for t, _, _ in each) / len(each))
+            prefills += [p for _, p, _ in each if p is not None]
+            decodes += [d for _, _, d in each if d is not None]
+        table[k] = statistics.median(runs)
+        if prefills and decodes:
+            steps[k] = (statistics.median(prefills), statistics.median(decodes))
+    return Measured(table, steps, {})
 
 
 def default_sizes(slots: int) -> list[int]:
