@@ -280,9 +280,7 @@ def test_add_remote_probes_the_server(tmp_path: Path, peer: tuple[str, Gate]) ->
     assert "--url must be an http:// or https:// URL" in line
 
 
-def test_plan_measures_a_remote_model_over_its_api(
-    tmp_path: Path, peer: tuple[str, Gate]
-) -> None:
+def test_plan_measures_a_remote_model_over_its_api(tmp_path: Path, peer: tuple[str, Gate]) -> None:
     """`llmos plan` on a remote model: c is its `--parallel`, and the table is measured by
     sending k requests at once over its API (no simulation: its server batches)."""
     url, _ = peer
