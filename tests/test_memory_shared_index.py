@@ -9,15 +9,12 @@ a wiped server lost.
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from llmos.config import load_settings
@@ -26,6 +23,7 @@ from llmos.kernel.kernel import Kernel
 from llmos.memory.fs import MemoryFS
 from llmos.memory.index import Embedder
 from tests.conftest import scripted_factory
+from tests.servers import server_process
 
 NOTES = {
     "garden.md": "The orchids in the greenhouse need misting twice a week in summer.",
@@ -48,31 +46,9 @@ def _chroma_server(path: Path) -> Iterator[str]:
         pytest.fail(f"the chroma CLI is missing beside {sys.executable} (pip install chromadb)")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    with (path / "server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [str(chroma), "run", "--path", str(path / "db"), "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chroma run did not start: {(path / 'server.log').read_text()}")
-            time.sleep(0.2)
+    cmd = [str(chroma), "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with server_process(cmd, f"{url}/api/v2/heartbeat", path / "server.log", what="chroma run"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jsonschema
 import pytest
 from typer.testing import CliRunner
@@ -39,15 +37,11 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.models import DEFAULT_MODEL, ModelLibrary
 from llmos.kernel.remote import probe_features, remote_meta
 from tests.conftest import one_line_error, scripted_factory
+from tests.servers import server_process
 from tests.test_remote_backend import ask, free_port, local_kernel, until
 
 runner = CliRunner()
 START_S = 60.0  # loading a 100 MB model on a busy 2-core machine
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    text = log.read_text("utf-8", "replace") if log.exists() else "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @pytest.fixture(scope="module")
@@ -63,37 +57,8 @@ def llama_server(real_model_path: Path, tmp_path_factory: pytest.TempPathFactory
         "--model_alias", DEFAULT_MODEL, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "2048", "--n_threads", "2", "--n_threads_batch", "2",
     ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"llama_cpp.server exited with {proc.returncode} before answering "
-                    f"(is llama-cpp-python's server extra installed?):\n{_tail(log)}",
-                    pytrace=False,
-                )
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"llama_cpp.server did not answer GET /v1/models within {START_S:.0f} s:\n"
-                    f"{_tail(log)}",
-                    pytrace=False,
-                )
-            time.sleep(0.2)
+    with server_process(cmd, f"{url}/v1/models", log, what="llama_cpp.server", within_s=START_S):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_add_remote_probes_llama_cpp_server(llama_server: str) -> None:

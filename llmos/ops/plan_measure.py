@@ -32,6 +32,7 @@ _FILLER = (
     "window, and the harbor lights come on one by one as the evening falls. "
 )
 TIMEOUT_S = 600.0  # longest one batch may take before the measurement gives up
+Timing = tuple[float, float | None, float | None]  # service, prompt step, decode step
 
 
 def _prompt(engine: EngineCore, n_tokens: int, tag: str) -> list[int]:
@@ -77,9 +78,7 @@ def _params(output_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
 
 
-def _run_batch(
-    engine: EngineCore, prompts: list[list[int]], output_tokens: int
-) -> list[tuple[float, float | None, float | None]]:
+def _run_batch(engine: EngineCore, prompts: list[list[int]], output_tokens: int) -> list[Timing]:
     """Submit every prompt at once and wait. For each: the seconds from submission to its
     last token (its time holding a slot, as all of them fit the slots), its prompt's step
     (admission to first token) and its mean decode step (first token to last, per token
@@ -90,7 +89,7 @@ def _run_batch(
     done.wait(f"{len(prompts)} requests")
     wall = time.perf_counter() - t0
     # a sequence's own stats (the engine's clock); the batch's wall time if one lacks them
-    out: list[tuple[float, float | None, float | None]] = []
+    out: list[Timing] = []
     for seq in seqs:
         st = seq.stats
         if st.finished is None or st.first_token is None or st.admitted is None:
@@ -119,6 +118,21 @@ def _mixed_step(engine: EngineCore, d: int, prompt_tokens: int, tag: str) -> flo
     if st.first_token is None or st.admitted is None:
         return None
     return st.first_token - st.admitted
+
+
+def _summarise(
+    k: int,
+    runs: list[list[Timing]],
+    table: dict[int, float],
+    steps: dict[int, tuple[float, float]],
+) -> None:
+    """Enter batch size k's runs (each a timing per request) in the table (the median of
+    the runs' mean service times) and the step timings (medians over all requests)."""
+    table[k] = statistics.median(sum(t for t, _, _ in each) / len(each) for each in runs)
+    prefills = [p for each in runs for _, p, _ in each if p is not None]
+    decodes = [d for each in runs for _, _, d in each if d is not None]
+    if prefills and decodes:
+        steps[k] = (statistics.median(prefills), statistics.median(decodes))
 
 
 @dataclass
@@ -182,16 +196,15 @@ def measure_engine(
         for k in sorted(set(sizes)):
             if progress is not None:
                 progress(k)
-            runs, prefills, decodes = [], [], []
-            for r in range(repeats):
-                prompts = [_prompt(engine, prompt_tokens, f"{k}-{r}-{j}") for j in range(k)]
-                each = _run_batch(engine, prompts, output_tokens)
-                runs.append(sum(t for t, _, _ in each) / len(each))
-                prefills += [p for _, p, _ in each if p is not None]
-                decodes += [d for _, _, d in each if d is not None]
-            table[k] = statistics.median(runs)
-            if prefills and decodes:
-                steps[k] = (statistics.median(prefills), statistics.median(decodes))
+            runs = [
+                _run_batch(
+                    engine,
+                    [_prompt(engine, prompt_tokens, f"{k}-{r}-{j}") for j in range(k)],
+                    output_tokens,
+                )
+                for r in range(repeats)
+            ]
+            _summarise(k, runs, table, steps)
         mixed: dict[int, float] = {}
         for d in sorted({k for k in sizes if k < slots}):
             tries = [_mixed_step(engine, d, prompt_tokens, f"mix-{d}-{r}") for r in range(repeats)]
@@ -229,7 +242,7 @@ async def measure_remote(
             out += _FILLER
         return out[: 4 * prompt_tokens]
 
-    async def one(tag: str) -> tuple[float, float | None, float | None]:
+    async def one(tag: str) -> Timing:
         gen = engine.generate(text(tag), params)
         async for _ in gen:
             pass
@@ -247,15 +260,11 @@ async def measure_remote(
     for k in sorted(set(sizes)):
         if progress is not None:
             progress(k)
-        runs, prefills, decodes = [], [], []
-        for r in range(repeats):
-            each = await asyncio.gather(*(one(f"{k}-{r}-{j}") for j in range(k)))
-            runs.append(sum(t for t, _, _ in each) / len(each))
-            prefills += [p for _, p, _ in each if p is not None]
-            decodes += [d for _, _, d in each if d is not None]
-        table[k] = statistics.median(runs)
-        if prefills and decodes:
-            steps[k] = (statistics.median(prefills), statistics.median(decodes))
+        runs = [
+            list(await asyncio.gather(*(one(f"{k}-{r}-{j}") for j in range(k))))
+            for r in range(repeats)
+        ]
+        _summarise(k, runs, table, steps)
     return Measured(table, steps, {})
 
 
