@@ -229,7 +229,7 @@ def test_parse_rate_and_duration() -> None:
 
 
 # -- measuring and the cache -----------------------------------------------------------------
-def test_measure_service_scripted_engine() -> None:
+def test_measure_engine_scripted_engine() -> None:
     from llmos.kernel.engine import EngineCore
     from llmos.kernel.scripted import ScriptedBackend
 
@@ -251,7 +251,7 @@ def test_measure_service_scripted_engine() -> None:
     # each prompt starts with its own tag: none shares a prefix the engine could reuse
     assert engines[0].stats.tokens_prefilled >= 40 * (1 + 2 * (1 + 2 + 4))
     with pytest.raises(ValueError, match="slots"):
-        pm.measure_service(factory, 40, 5, [8])
+        pm.measure_engine(factory, 40, 5, [8])
 
 
 def test_table_cache(tmp_path: Path) -> None:

@@ -147,21 +147,6 @@ class Measured:
     mixed: dict[int, float]  # d: seconds of a step with one prompt and d decodes
 
 
-def measure_service(
-    engine_factory: Callable[[], EngineCore],
-    prompt_tokens: int,
-    output_tokens: int,
-    sizes: list[int],
-    *,
-    repeats: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> dict[int, float]:
-    """The service table alone (see `measure_engine`)."""
-    return measure_engine(
-        engine_factory, prompt_tokens, output_tokens, sizes, repeats=repeats, progress=progress
-    ).table
-
-
 def measure_engine(
     engine_factory: Callable[[], EngineCore],
     prompt_tokens: int,
