@@ -23,7 +23,11 @@ Requests are fixed-size (`--prompt-tokens`, `--output-tokens`, no early end). Th
 runs with a quantum longer than a request, so a waiting request never preempts a running
 one: the queue `llmos plan` models (first come, first served onto c slots).
 
-    python benchmarks/bench_plan.py [--slots 4] [--requests 300] [--loads 0.5,0.7,0.85]
+    LLMOS_N_THREADS=1 python benchmarks/bench_plan.py [--slots 4] [--requests 300] [--loads 0.5,0.7,0.85]
+
+On a 2-core machine give llama.cpp one thread: with both cores its threads compete with
+the engine's Python thread and the arrival driver, and the step timings drift by tens of
+percent between the measurement and the run (RESULTS.md, runs A and B).
 """
 
 from __future__ import annotations
