@@ -134,9 +134,22 @@ def test_simulated_engine_is_m_d_c_when_batching_is_free() -> None:
 
 def test_simulated_engine_m_d_1_closed_form() -> None:
     # one slot, fixed service S: Pollaczek-Khinchine, Wq = ρS / (2(1 − ρ))
-    sim = cap.simulate(0.5, _flat(0.01), 1, 4, 101, requests=40_000, seed=5)
-    assert sim.mean_wait_s == pytest.approx(0.5 * 1.0 / (2 * 0.5) + 0.005, rel=0.1)
+    sim = cap.simulate(0.5, _flat(0.02), 1, 4, 51, requests=40_000, seed=5)
+    assert sim.mean_wait_s == pytest.approx(0.5 * 1.0 / (2 * 0.5) + 0.01, rel=0.1)
     assert sim.busy == pytest.approx(0.5, rel=0.05)
+
+
+def test_simulated_slots_and_replicas_needed_meet_the_target_and_are_the_fewest() -> None:
+    flat, target = _flat(0.05), 0.5  # S = 20 steps = 1 s
+
+    def p95(rate: float, c: int) -> float:
+        return cap.simulate(rate, flat, c, 8, 21, requests=2000).p95_wait_s
+
+    need = cap.simulated_slots_needed(2.1, flat, 8, 21, target)
+    assert need is not None and p95(2.1, need) <= target < p95(2.1, need - 1)
+    reps = cap.simulated_replicas_needed(2.1, flat, 1, 8, 21, target)
+    assert reps is not None and p95(2.1 / reps, 1) <= target < p95(2.1 / (reps - 1), 1)
+    assert cap.simulated_slots_needed(2.1, flat, 8, 21, -1.0) is None
 
 
 def test_simulated_engine_batching_and_prompts_cost_what_steps_cost() -> None:

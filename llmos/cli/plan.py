@@ -13,7 +13,7 @@ from llmos.errors import LlmosError
 
 if TYPE_CHECKING:
     from llmos.config import Settings
-    from llmos.ops.capacity import QueuePlan
+    from llmos.ops.capacity import QueuePlan, Simulated, StepCosts
     from llmos.ops.plan_measure import Measured
 
 MAX_MEASURED_SLOTS = 64  # the most slots an engine may have (n_seq_max's limit)
@@ -154,9 +154,28 @@ def plan(
         )
     if target is not None:
         _target(lam, table, c, target, s1, cs2=cs2, ca2=ca2)
-        if sim is not None:
-            meets = "meets" if sim.p95_wait_s <= target else "misses"
-            typer.echo(f"simulated: {c} slots {meets} it (p95 wait {sim.p95_wait_s:.3f} s)")
+        if sim is not None and costs is not None:
+            _simulated_target(lam, costs, c, prompt_tokens, output_tokens, target, sim, s, ca2)
+
+
+def _simulated_target(
+    lam: float, costs: StepCosts, c: int, prompt_tokens: int, output_tokens: int,
+    target: float, sim: Simulated, s: Settings, ca2: float,
+) -> None:  # fmt: skip
+    """The slots (or replicas) the p95 target needs, by the simulated engine."""
+    from llmos.ops import capacity as cap
+
+    meets = "meets" if sim.p95_wait_s <= target else "misses"
+    kw: dict[str, Any] = {"ca2": ca2, "prefill_chunk": s.prefill_chunk, "n_batch": s.n_batch}
+    need = cap.simulated_slots_needed(lam, costs, prompt_tokens, output_tokens, target, **kw)
+    line = f"simulated: {c} slots {meets} it (p95 wait {sim.p95_wait_s:.3f} s); {_slots(need)}"
+    if need is None or need > c:
+        reps = cap.simulated_replicas_needed(
+            lam, costs, c, prompt_tokens, output_tokens, target, **kw
+        )
+        if reps is not None:
+            line += f", or {reps} replicas of {c} slots each"
+    typer.echo(line + " would")
 
 
 def _remote_meta(s: Settings, name: str) -> dict[str, Any] | None:

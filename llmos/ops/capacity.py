@@ -37,6 +37,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 P95_TAIL = 0.05  # P(wait > p95) for the 95th percentile
 
@@ -404,6 +405,56 @@ def simulate(
         utilisation=rate * service / c,
         busy=busy_s / now,
     )
+
+
+def simulated_slots_needed(
+    rate: float,
+    costs: StepCosts,
+    prompt_tokens: int,
+    output_tokens: int,
+    target_p95_s: float,
+    *,
+    max_slots: int = 64,
+    requests: int = 2000,
+    **kw: Any,
+) -> int | None:
+    """The fewest slots whose simulated p95 wait meets `target_p95_s` (None if no count up
+    to `max_slots` does). More slots never lengthen the wait for one (each slot's request
+    may run slower, in a bigger batch, but that is service, not waiting), so the count is
+    found by bisection."""
+
+    def meets(c: int) -> bool:
+        sim = simulate(rate, costs, c, prompt_tokens, output_tokens, requests=requests, **kw)
+        return sim.p95_wait_s <= target_p95_s
+
+    if not meets(max_slots):
+        return None
+    lo, hi = 0, max_slots  # meets(hi); not known for lo (0 slots never do)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return hi
+
+
+def simulated_replicas_needed(
+    rate: float,
+    costs: StepCosts,
+    c: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    target_p95_s: float,
+    *,
+    max_replicas: int = 64,
+    requests: int = 2000,
+    **kw: Any,
+) -> int | None:
+    """The fewest replicas of `c` slots each (the rate split evenly: Poisson arrivals split
+    at random stay Poisson) whose simulated p95 wait meets `target_p95_s`."""
+    for r in range(1, max_replicas + 1):
+        sim = simulate(rate / r, costs, c, prompt_tokens, output_tokens, requests=requests, **kw)
+        if sim.p95_wait_s <= target_p95_s:
+            return r
+    return None
 
 
 # -- command-line quantities --------------------------------------------------------------
