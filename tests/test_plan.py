@@ -168,6 +168,9 @@ def test_simulated_engine_batching_and_prompts_cost_what_steps_cost() -> None:
     mixed = cap.StepCosts.fit({1: (0.082, 0.01)}, 32, {1: 0.085, 3: 0.095})
     assert mixed.step_s(1, 32) == pytest.approx(0.085) and mixed.step_s(0, 32) == pytest.approx(0.082)  # fmt: skip
     assert mixed.step_s(2, 64) == pytest.approx(0.164 + 0.008) and mixed.step_s(2, 0) == 0.01
+    # a prompt of two chunks carried the decodes through two steps: each step gets half
+    halves = cap.StepCosts.fit({1: (0.082, 0.01)}, 32, {1: 0.085}, prefill_chunk=16)
+    assert halves.step_s(1, 16) == pytest.approx(0.041 + 0.0015)
     fit = cap.StepCosts.fit({1: (0.082, 0.01), 2: (0.114, 0.016), 4: (0.178, 0.025)}, 32)
     assert fit.prefill_fixed_s == pytest.approx(0.05) and fit.prefill_per_token_s == pytest.approx(0.001)  # fmt: skip
     assert fit.decode_s == {1: 0.01, 2: 0.016, 4: 0.025}
@@ -307,7 +310,7 @@ def test_cli_unstable_with_cached_table() -> None:
     r = runner.invoke(app, ["plan", "--rate", "0.5/s", *args[3:], "--slots", "2", "--sizes", "1,2"])
     assert r.exit_code == 0, r.output
     assert "cached" in r.output and "load-corrected" in r.output
-    assert "without step timings" in r.output
+    assert "no step timings with this table" in r.output
 
 
 def test_cli_plan_real_model(real_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -358,6 +358,11 @@ def test_the_rest_api_serves_remote_models_and_routes(
         assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == (
             "You said: routed"
         )
+        # no model of the route takes ~5000 tokens: a 400 before any stream opens
+        with pytest.raises(openai.BadRequestError, match="no model can serve this request"):
+            oai.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "word " * 4000}], stream=True
+            )
         done = oai.completions.create(
             model="peer", prompt="<|user|>raw\n<|assistant|>", max_tokens=20
         )

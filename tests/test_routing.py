@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmos.config import load_settings
-from llmos.errors import GenerationError
+from llmos.errors import GenerationError, InvalidGrammar, UserError
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.models import DEFAULT_MODEL, ModelLibrary
 from llmos.kernel.remote import remote_meta
@@ -57,6 +57,7 @@ def test_needs_come_before_availability_and_none_fitting_says_why() -> None:
         "small (context 2048 < 9000 tokens)"
     )
     assert isinstance(e.value, GenerationError)  # a process fails with it, the kernel goes on
+    assert isinstance(e.value, UserError)  # over REST, a 400
 
 
 async def test_a_route_picks_by_context_and_grammar(tmp_path: Path) -> None:
@@ -105,7 +106,42 @@ async def test_a_route_picks_by_context_and_grammar(tmp_path: Path) -> None:
             assert "peer (does not follow grammars)" in str(p.error)
             p = await run("hi", model="peer", grammar=grammar)  # by name: refused, not ignored
             assert "peer does not follow a grammar" in str(p.error)
+            assert "remote.Unsupported" in str(p.error)  # a UserError: the request's to change
             assert k.models.remote("peer") is not None
             assert k.models.remote("peer").counts["requests"] == 1  # type: ignore[union-attr]
+        finally:
+            await k.shutdown()
+
+
+async def test_a_grammar_no_model_can_parse_is_not_tried_on_the_next(tmp_path: Path) -> None:
+    """The request is at fault, not the model: a route does not hand it on (a server that
+    ignores grammars would answer it unconstrained)."""
+    from llmos.kernel.scripted import ScriptedBackend
+
+    class Strict(ScriptedBackend):
+        def new_sampler(self, params: Any) -> Any:
+            if params.grammar == "root ::= nowhere":
+                raise InvalidGrammar("invalid grammar (llama.cpp could not parse it)")
+            return super().new_sampler(params)
+
+    with serve_scripted(tmp_path / "remote") as (url, _app):
+        routes = {"auto": [DEFAULT_MODEL, "peer"]}
+        settings = load_settings(data_dir=tmp_path / "local", routes=routes)
+        meta = remote_meta(url, DEFAULT_MODEL, key_env=None, parallel=2, n_ctx=4096)
+        ModelLibrary(settings.data_dir).add_remote("peer", meta)
+        k = Kernel(settings, backend_factory=lambda entry, progress: Strict(name=entry.name))
+        await k.start()
+
+        async def ask(ctx: Any) -> str:
+            msgs = [{"role": "user", "content": "hi"}]
+            r = await ctx.sys.llm.chat(messages=msgs, model="auto", grammar="root ::= nowhere")
+            return str(r.text)
+
+        try:
+            p = await k.spawn(ask, caps=["llm.*"])
+            await k.wait(p.pid)
+            assert "InvalidGrammar: invalid grammar" in str(p.error), p.error
+            engine = k.models.remote("peer")
+            assert engine is None or engine.counts["requests"] == 0
         finally:
             await k.shutdown()

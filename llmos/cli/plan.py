@@ -83,7 +83,11 @@ def plan(
     wanted = _sizes(sizes) if sizes else pm.default_sizes(min(c, MAX_MEASURED_SLOTS))
 
     table = None if measure else pm.load_table(s.data_dir, name, prompt_tokens, output_tokens)
-    costs = None if measure else pm.load_costs(s.data_dir, name, prompt_tokens, output_tokens)
+    costs = (
+        None
+        if measure
+        else pm.load_costs(s.data_dir, name, prompt_tokens, output_tokens, s.prefill_chunk)
+    )
     cached = table is not None and set(wanted) <= set(table)
     if not cached:
         typer.echo(
@@ -106,7 +110,11 @@ def plan(
         # a remote model's batching is its server's: no step timings, no simulation
         steps = measured.steps if remote is None else {}
         pm.save_table(s.data_dir, name, prompt_tokens, output_tokens, table, steps, measured.mixed)
-        costs = cap.StepCosts.fit(steps, prompt_tokens, measured.mixed) if steps else None
+        costs = (
+            cap.StepCosts.fit(steps, prompt_tokens, measured.mixed, s.prefill_chunk)
+            if steps
+            else None
+        )
     assert table is not None
 
     s1 = cap.service_time_at(1, table)
@@ -150,7 +158,7 @@ def plan(
         typer.echo(
             "(not simulated: a remote model batches as its server does)"
             if remote is not None
-            else "(this table was cached without step timings: --measure adds the simulation)"
+            else "(no step timings with this table: --measure adds them, and the simulation)"
         )
     if target is not None:
         _target(lam, table, c, target, s1, cs2=cs2, ca2=ca2)

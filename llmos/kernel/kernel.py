@@ -511,7 +511,7 @@ class Kernel:
         name = model or proc.model or self.settings.default_model
         if name not in self.settings.routes:
             return await self._generate_on(proc, prompt, params, name, stream)
-        candidates, why = self.route(name, proc, self.needs(name, prompt, params))
+        candidates, why = self.route(name, proc.nice, self.needs(name, prompt, params))
         for i, chosen in enumerate(candidates):
             target = prompt
             if _is_messages(prompt) and self.models.remote(chosen) is None:
@@ -521,22 +521,24 @@ class Kernel:
             try:
                 return await self._generate_on(proc, target, params, chosen, stream)
             except GenerationError as exc:
-                if proc.tokens != before or i + 1 == len(candidates):
-                    raise  # output went out (it cannot move), or nothing is left to try
+                if proc.tokens != before or i + 1 == len(candidates) or isinstance(exc, UserError):
+                    # output went out (it cannot move), nothing is left to try, or the
+                    # request itself is at fault (a grammar no model could parse)
+                    raise
                 log.info(
                     "route %s: %s failed (%s); trying %s", name, chosen, exc, candidates[i + 1]
                 )
         raise AssertionError("unreachable: route() returns at least one candidate")
 
-    def route(self, name: str, proc: Process, needs: Needs | None = None) -> tuple[list[str], str]:
-        """The models of route `name` to try for a request of `proc` that needs `needs`, in
+    def route(self, name: str, nice: int, needs: Needs | None = None) -> tuple[list[str], str]:
+        """The models of route `name` to try for a request at `nice` that needs `needs`, in
         order, and why (the policy: kernel/routing.py). Deterministic given its inputs."""
         s = self.settings
         models = list(s.routes[name])
         fits = {m: self.models.fit(m) for m in models}
         return choose(
             name, models, fits, needs or Needs(tokens=0),
-            nice=proc.nice, low_nice=s.route_low_nice, queue_limit=s.route_queue_limit,
+            nice=nice, low_nice=s.route_low_nice, queue_limit=s.route_queue_limit,
         )  # fmt: skip
 
     def needs(
@@ -551,13 +553,12 @@ class Kernel:
             n, estimated = len(prompt), False
         else:
             msgs = cast(list[Message], prompt) if chat else []
-            text = "\n".join(str(m.get("content") or "") for m in msgs) if chat else str(prompt)
-            loaded = [m for m in self.settings.routes[route] if m in self.models.loaded]
-            if loaded:
-                n = len(self.models.loaded[loaded[0]].engine.backend.tokenize(text))
-            else:
-                n = len(text.encode()) // 4
-            n, estimated = n + 4 * len(msgs), chat or not loaded
+            text = "\n".join(_text(m.get("content")) for m in msgs) if chat else str(prompt)
+            models = self.settings.routes[route]
+            lm = next((x for m in models if (x := self.models.loaded.get(m)) is not None), None)
+            n = len(lm.engine.backend.tokenize(text)) if lm else len(text.encode()) // 4
+            remote = any(self.models.remote(m) is not None for m in models)
+            n, estimated = n + 4 * len(msgs), chat or lm is None or remote
         return Needs(
             tokens=n + (p.max_tokens or 1), chat=chat, grammar=p.grammar is not None,
             json_schema=p.json_schema is not None, estimated=estimated,
@@ -600,6 +601,13 @@ class Kernel:
             if proc.state is ProcessState.BLOCKED:
                 self._set_state(proc, ProcessState.RUNNING)
         return gen
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return str(content or "")
 
 
 def _is_messages(prompt: Any) -> bool:

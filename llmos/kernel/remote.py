@@ -35,7 +35,7 @@ from typing import Any
 
 from llmos.config import Settings
 from llmos.core.sampling import SamplingParams
-from llmos.errors import GenerationError, ModelError
+from llmos.errors import GenerationError, ModelError, UserError
 from llmos.kernel.engine import SeqStats
 
 Prompt = str | list[int] | list[dict[str, Any]]  # raw text, token ids, or chat messages
@@ -100,11 +100,15 @@ def response_format(schema: dict[str, Any], shape: str = "json_schema") -> dict[
     return {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
 
 
-_SEVEN = "Write the number seven in digits."
-# One short request each, at temperature 0: a server that follows the constraint answers
-# exactly "7"; one that ignores it answers something else (or refuses the field).
-_GRAMMAR_PROBE = ("/v1/completions", {"prompt": f"{_SEVEN}\n", "grammar": 'root ::= "7"'})
-_SEVEN_SCHEMA = {"type": "integer", "enum": [7]}
+# One short request each, at temperature 0, whose natural answer is not the constrained
+# one: a server that follows the constraint answers exactly it; one that ignores the field
+# answers something else, and one that refuses it answers an error.
+_ASK = "Name a colour."
+_GRAMMAR_PROBE = ("/v1/completions", {"prompt": f"{_ASK}\n", "grammar": 'root ::= "7"'})
+_SEVEN_SCHEMA = {
+    "type": "object", "properties": {"n": {"type": "integer", "enum": [7]}},
+    "required": ["n"], "additionalProperties": False,
+}  # fmt: skip
 
 
 async def probe_features(
@@ -119,8 +123,9 @@ async def probe_features(
 
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=wait_s) as http:
 
-        async def follows(path: str, extra: dict[str, Any]) -> bool | None:
-            body = {"model": model, "max_tokens": 4, "temperature": 0, **extra}
+        async def answer(path: str, extra: dict[str, Any]) -> str | bool | None:
+            """The answer's text; False when the server refused; None when not known."""
+            body = {"model": model, "max_tokens": 12, "temperature": 0, **extra}
             try:
                 r = await http.post(path, json=body, headers=_headers(key_env))
             except httpx.HTTPError:
@@ -134,20 +139,33 @@ async def probe_features(
                 text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 return None
-            return str(text).strip() == "7"
+            return str(text).strip()
 
-        out: dict[str, Any] = {"grammar": await follows(*_GRAMMAR_PROBE)}
+        def followed(got: str | bool | None, want: Any) -> bool | None:
+            if not isinstance(got, str):
+                return got
+            try:
+                return bool(json.loads(got) == want)
+            except ValueError:
+                return False
+
+        out: dict[str, Any] = {"grammar": followed(await answer(*_GRAMMAR_PROBE), 7)}
         seen: list[bool | None] = []
         for shape in ("json_schema", "json_object"):
             chat = {
-                "messages": [{"role": "user", "content": _SEVEN}],
+                "messages": [{"role": "user", "content": f"{_ASK} Answer in JSON."}],
                 "response_format": response_format(_SEVEN_SCHEMA, shape),
             }
-            seen.append(await follows("/v1/chat/completions", chat))
+            seen.append(followed(await answer("/v1/chat/completions", chat), {"n": 7}))
             if seen[-1]:
                 return {**out, "json_schema": True, "schema_format": shape}
         out["json_schema"] = None if None in seen else False
         return out
+
+
+class Unsupported(GenerationError, UserError):
+    """The request needs what this remote model's server does not follow (a grammar, a
+    JSON schema): the caller's to change, not a fault of the server."""
 
 
 class RemoteEngine:
@@ -195,7 +213,7 @@ class RemoteEngine:
         p = params or SamplingParams()
         for feature, asked in (("grammar", p.grammar), ("json_schema", p.json_schema)):
             if asked is not None and self.features.get(feature) is False:
-                raise GenerationError(
+                raise Unsupported(
                     f"remote model {self.name} does not follow a {feature} (its server "
                     "ignored or refused one when it was added): use a local model, or a "
                     "route with one that does"
@@ -306,6 +324,7 @@ class RemoteEngine:
         a row mark the backend down."""
         self.counts["failed"] += 1
         if not down:
+            self.failures = 0  # it answered: it is up
             return
         self.failures += 1
         if self.failures >= 2:  # two requests in a row, each after its retries
@@ -429,6 +448,7 @@ class RemoteGeneration:
                 await asyncio.sleep(min(4.0, 0.25 * 2 ** (attempt - 1)) * (1 + random.random()))
             if self._cancelled:
                 return
+            self.reason = None  # a broken try's finish reason is not this one's
             try:
                 async with eng.client().stream("POST", path, json=body, headers=headers) as r:
                     self._response = r
@@ -480,6 +500,14 @@ class RemoteGeneration:
                 event = json.loads(data)
             except ValueError:
                 continue
+            if isinstance(event, dict) and event.get("error"):
+                err = event["error"]
+                why = err.get("message") if isinstance(err, dict) else err
+                self._end("error")
+                raise GenerationError(
+                    f"remote model {self.engine.name} failed after {self.stats.generated} "
+                    f"tokens: {why}"
+                )
             usage = event.get("usage")
             if usage:
                 self.stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)

@@ -287,11 +287,14 @@ class StepCosts:
         steps: Mapping[int, tuple[float, float]],
         prompt_tokens: int,
         mixed: Mapping[int, float] | None = None,
+        prefill_chunk: int = 256,
     ) -> StepCosts:
         """From {k: (seconds of the prefill step of k prompts started together, seconds of
         one decode step of k)}: the decode table as measured, and a least-squares line
         through the prefill steps (k·prompt_tokens tokens each; fixed part at least 0);
-        `mixed` as measured."""
+        `mixed` ({d: seconds of one prompt's evaluation beside d decoding}) as one step's
+        share: a prompt longer than `prefill_chunk` took several steps, each carrying the
+        d decodes."""
         if not steps:
             raise ValueError("no step timings to fit")
         xs = [k * prompt_tokens for k in steps]
@@ -306,9 +309,12 @@ class StepCosts:
             if fixed < 0 or per <= 0:  # noise: a line through the origin instead
                 per, fixed = sum(ys) / sum(xs), 0.0
         decode = {k: dec for k, (_, dec) in steps.items()}
+        alone = fixed + per * prompt_tokens
+        chunks = max(1, math.ceil(prompt_tokens / prefill_chunk))
+        per_step = {d: alone + (v - alone) / chunks for d, v in (mixed or {}).items()}
         return cls(
             decode_s=decode, prefill_fixed_s=fixed, prefill_per_token_s=per,
-            mixed_s=dict(mixed) if mixed else None, prompt_tokens=prompt_tokens,
+            mixed_s=per_step or None, prompt_tokens=prompt_tokens,
         )  # fmt: skip
 
 

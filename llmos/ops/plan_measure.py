@@ -49,7 +49,8 @@ class _Done:
     """A sink that counts finished sequences; `wait()` blocks until `n` have finished and
     raises a clear LlmosError on a timeout or a failed request."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, stopped_ok: bool = False) -> None:
+        self.ok = ("stop", "length", "killed") if stopped_ok else ("stop", "length")
         self.left = n
         self.event = threading.Event()
         self.lock = threading.Lock()
@@ -61,7 +62,7 @@ class _Done:
         for ev in events:
             if isinstance(ev, DoneEvent):
                 with self.lock:
-                    if ev.reason not in ("stop", "length"):
+                    if ev.reason not in self.ok:
                         self.errors.append(f"{ev.reason}: {ev.error}")
                     self.left -= 1
                     if self.left == 0:
@@ -101,23 +102,33 @@ def _run_batch(engine: EngineCore, prompts: list[list[int]], output_tokens: int)
 
 
 def _mixed_step(engine: EngineCore, d: int, prompt_tokens: int, tag: str) -> float | None:
-    """Seconds of the step that evaluates one prompt while `d` other sequences decode (the
-    step a request arriving at a busy engine gets): `d` requests are started, and once all
-    of them decode, one more."""
-    done = _Done(d + 1)
+    """Seconds of the evaluation of one prompt while `d` other sequences decode (what a
+    request arriving at a busy engine gets): `d` requests are started, and once all of
+    them decode, one more; then the `d` are stopped. None when the measurement did not
+    hold (one of the `d` failed, or ended before the extra prompt was evaluated)."""
+    background = _Done(d, stopped_ok=True)
+    long = max(1, min(1024, engine.seq_ctx_max - prompt_tokens - 1))
     busy = [
-        engine.submit(_prompt(engine, prompt_tokens, f"{tag}-{j}"), _params(64), sink=done)
+        engine.submit(_prompt(engine, prompt_tokens, f"{tag}-{j}"), _params(long), sink=background)
         for j in range(d)
     ]
-    deadline = time.monotonic() + TIMEOUT_S
-    while any(s.stats.first_token is None for s in busy) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    extra = engine.submit(_prompt(engine, prompt_tokens, f"{tag}-x"), _params(1), sink=done)
-    done.wait(f"a prompt beside {d} decoding")
-    st = extra.stats
-    if st.first_token is None or st.admitted is None:
-        return None
-    return st.first_token - st.admitted
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(s.stats.first_token is None for s in busy):
+            if background.errors or background.left < d or time.monotonic() > deadline:
+                return None  # one failed or ended: the figure would not be what it says
+            time.sleep(0.002)
+        alone = _Done(1)
+        extra = engine.submit(_prompt(engine, prompt_tokens, f"{tag}-x"), _params(1), sink=alone)
+        alone.wait(f"a prompt beside {d} decoding")
+        st = extra.stats
+        if st.first_token is None or st.admitted is None or background.left < d:
+            return None
+        return st.first_token - st.admitted
+    finally:
+        for s in busy:
+            engine.kill(s.id)
+        background.wait(f"{d} requests decoding")
 
 
 def _summarise(
@@ -292,7 +303,7 @@ def load_table(
 
 
 def load_costs(
-    data_dir: Path, model: str, prompt_tokens: int, output_tokens: int
+    data_dir: Path, model: str, prompt_tokens: int, output_tokens: int, prefill_chunk: int = 256
 ) -> StepCosts | None:
     """The step costs fitted to the cached step timings for `model` (a table cached before
     they were kept has none)."""
@@ -304,7 +315,7 @@ def load_costs(
         mixed = {int(k): float(v) for k, v in (data.get("mixed") or {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
-    return StepCosts.fit(steps, prompt_tokens, mixed) if steps else None
+    return StepCosts.fit(steps, prompt_tokens, mixed, prefill_chunk) if steps else None
 
 
 def save_table(

@@ -158,6 +158,9 @@ async def _prepare(api: Api, body: SamplingFields, plan: Plan) -> _Job:
         params = compat.sampling_params(
             body, max_tokens=max_tokens, cap=cap, json_schema=plan.schema
         )
+        if plan.model in api.settings.routes:  # no model fits: a 400 before any stream opens
+            kernel = api.kernel
+            kernel.route(plan.model, 0, kernel.needs(plan.model, prompt, params))
         return _Job(prompt, params, plan.model)
     engine = await api.kernel.engine(plan.model)
     room = engine.seq_ctx_max - len(prompt)
