@@ -44,6 +44,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import engine
 
+SIM_REQUESTS = 10_000  # simulated arrivals, the same for choosing the rate and predicting
+
 
 def solve_rate(target: float, costs: Any, c: int, prompt: int, output: int) -> float:
     """The arrival rate at which the simulated engine's utilisation is `target` (bisection
@@ -53,7 +55,7 @@ def solve_rate(target: float, costs: Any, c: int, prompt: int, output: int) -> f
     lo, hi = 1e-3, c / (output * costs.step_s(c, 0) / c)
     for _ in range(30):
         mid = (lo + hi) / 2
-        rho = simulate(mid, costs, c, prompt, output, requests=3000).utilisation
+        rho = simulate(mid, costs, c, prompt, output, requests=SIM_REQUESTS).utilisation
         lo, hi = (mid, hi) if rho < target else (lo, mid)
     return lo
 
@@ -144,11 +146,13 @@ def main() -> None:
         rows: list[tuple[str, Any]] = [("M/M/c, S(1)", naive), ("M/M/c, load-corrected", corrected), ("G/G/c Allen-Cunneen", gg)]  # fmt: skip
         if rate * s_mean < c:
             rows.append(("G/G/c, S measured in run", mmc(rate, s_mean, c, cs2=cs2)))
-        sim = simulate(rate, costs, c, args.prompt_tokens, args.output_tokens, requests=20000)
+        sim = simulate(
+            rate, costs, c, args.prompt_tokens, args.output_tokens, requests=SIM_REQUESTS
+        )
         rows.append(("engine simulated", sim))
         # the same without the measured mixed steps: a decode's cost added to a prompt's
         additive = StepCosts.fit(measured.steps, args.prompt_tokens)
-        rows.append(("  ..., steps added", simulate(rate, additive, c, args.prompt_tokens, args.output_tokens, requests=20000)))  # fmt: skip
+        rows.append(("  ..., steps added", simulate(rate, additive, c, args.prompt_tokens, args.output_tokens, requests=SIM_REQUESTS)))  # fmt: skip
         print(
             f"target rho {target:.2f}: rate {rate:.2f}/s, measured rho {rate * s_mean / c:.2f}, "
             f"S mean {s_mean:.3f} s (load-corrected {s_eff:.3f}, simulated {sim.mean_service_s:.3f}, "

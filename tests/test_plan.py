@@ -165,9 +165,10 @@ def test_simulated_engine_batching_and_prompts_cost_what_steps_cost() -> None:
     assert alone.mean_service_s < busy[0].mean_service_s < busy[1].mean_service_s
     assert busy[0].mean_wait_s < busy[1].mean_wait_s
     # decodes riding beside a prompt cost what was measured, not a decode step's own cost
-    mixed = cap.StepCosts.fit({1: (0.082, 0.01)}, 32, {1: 0.085, 3: 0.095})
+    # (smoothed to a line in d through the prompt alone: 3 ms a riding decode here)
+    mixed = cap.StepCosts.fit({1: (0.082, 0.01)}, 32, {1: 0.085, 3: 0.091})
     assert mixed.step_s(1, 32) == pytest.approx(0.085) and mixed.step_s(0, 32) == pytest.approx(0.082)  # fmt: skip
-    assert mixed.step_s(2, 64) == pytest.approx(0.164 + 0.008) and mixed.step_s(2, 0) == 0.01
+    assert mixed.step_s(2, 64) == pytest.approx(0.164 + 0.006) and mixed.step_s(2, 0) == 0.01
     # a prompt of two chunks carried the decodes through two steps: each step gets half
     halves = cap.StepCosts.fit({1: (0.082, 0.01)}, 32, {1: 0.085}, prefill_chunk=16)
     assert halves.step_s(1, 16) == pytest.approx(0.041 + 0.0015)

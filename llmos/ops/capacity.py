@@ -292,9 +292,9 @@ class StepCosts:
         """From {k: (seconds of the prefill step of k prompts started together, seconds of
         one decode step of k)}: the decode table as measured, and a least-squares line
         through the prefill steps (k·prompt_tokens tokens each; fixed part at least 0);
-        `mixed` ({d: seconds of one prompt's evaluation beside d decoding}) as one step's
-        share: a prompt longer than `prefill_chunk` took several steps, each carrying the
-        d decodes."""
+        `mixed` ({d: seconds of one prompt's evaluation beside d decoding}) smoothed to a
+        line in d through the prompt alone, as one step's share: a prompt longer than
+        `prefill_chunk` took several steps, each carrying the d decodes."""
         if not steps:
             raise ValueError("no step timings to fit")
         xs = [k * prompt_tokens for k in steps]
@@ -311,7 +311,15 @@ class StepCosts:
         decode = {k: dec for k, (_, dec) in steps.items()}
         alone = fixed + per * prompt_tokens
         chunks = max(1, math.ceil(prompt_tokens / prefill_chunk))
-        per_step = {d: alone + (v - alone) / chunks for d, v in (mixed or {}).items()}
+        # decodes riding beside a prompt: a line through the prompt alone (d = 0), least
+        # squares over the measured d, so that one noisy figure does not set one size
+        ds = [d for d in (mixed or {}) if d > 0]
+        ride = (
+            max(0.0, sum(d * (mixed[d] - alone) for d in ds) / sum(d * d for d in ds))
+            if mixed and ds
+            else 0.0
+        )
+        per_step = {d: alone + ride * d / chunks for d in ds}
         return cls(
             decode_s=decode, prefill_fixed_s=fixed, prefill_per_token_s=per,
             mixed_s=per_step or None, prompt_tokens=prompt_tokens,

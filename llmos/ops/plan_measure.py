@@ -203,7 +203,8 @@ def measure_engine(
             _summarise(k, runs, table, steps)
         mixed: dict[int, float] = {}
         for d in sorted({k for k in sizes if k < slots}):
-            tries = [_mixed_step(engine, d, prompt_tokens, f"mix-{d}-{r}") for r in range(repeats)]
+            n = max(repeats, 5)  # one prompt a try: cheap, and one stall would skew the line
+            tries = [_mixed_step(engine, d, prompt_tokens, f"mix-{d}-{r}") for r in range(n)]
             kept = [x for x in tries if x is not None]
             if kept:
                 mixed[d] = statistics.median(kept)
