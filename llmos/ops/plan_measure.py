@@ -167,9 +167,9 @@ def measure_engine(
     repeats: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> Measured:
-    """The service table {k: mean seconds per request when k requests of `prompt_tokens` prompt tokens and
-    `output_tokens` output tokens (greedy, no early end) are submitted together}, for each
-    k in `sizes`. Each k is no more than the engine's slots, so none waits for a slot and
+    """The service table {k: mean seconds per request when k requests of `prompt_tokens`
+    prompt tokens and `output_tokens` output tokens (greedy, no early end) are submitted
+    together}, for each k in `sizes`. Each k is no more than the engine's slots, so none waits for a slot and
     the figure is pure service time at concurrency k. One warm-up request runs first
     (the first decode pays for allocations a steady engine does not). The engine is made
     by `engine_factory`, started if it is not, and closed at the end; `progress(k)` is
