@@ -34,12 +34,13 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 from urllib.parse import urljoin, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -322,34 +323,51 @@ def _check_sizes(count: int, total: int, label: str) -> None:
         )
 
 
+# A checked member to write: its path under the destination, and how to open its bytes
+# (None for a folder).
+_Planned = tuple[PurePosixPath, Callable[[], IO[bytes]] | None]
+
+
+def _write_planned(dest: Path, plan: list[_Planned]) -> None:
+    """Write members that were all checked first (paths, kinds, sizes)."""
+    for rel, open_member in plan:
+        target = dest.joinpath(*rel.parts)
+        if open_member is None:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, target.open("wb") as out:
+            shutil.copyfileobj(src, out)
+
+
 def _unpack_tar(archive: Path, dest: Path, label: str) -> None:
     with tarfile.open(archive, "r:gz") as tf:
         members = tf.getmembers()
-        plan: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+
+        def opener(m: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
+            def open_member() -> IO[bytes]:
+                src = tf.extractfile(m)
+                if src is None:
+                    raise AppError(f"{label}: member {m.name!r} cannot be read")
+                return src
+
+            return open_member
+
+        plan: list[_Planned] = []
         for m in members:  # every member is checked before any is written
             rel = _member_path(m.name, label)
             if not (m.isfile() or m.isdir()):
                 raise AppError(f"{label}: member {m.name!r} is a link or special file; refused")
             if rel is not None:
-                plan.append((m, rel))
+                plan.append((rel, None if m.isdir() else opener(m)))
         _check_sizes(len(members), sum(m.size for m in members), label)
-        for m, rel in plan:
-            target = dest.joinpath(*rel.parts)
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            if src is None:
-                raise AppError(f"{label}: member {m.name!r} cannot be read")
-            with src, target.open("wb") as out:
-                shutil.copyfileobj(src, out)
+        _write_planned(dest, plan)
 
 
 def _unpack_zip(archive: Path, dest: Path, label: str) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        plan: list[_Planned] = []
         for info in infos:
             rel = _member_path(info.filename, label)
             # Unix file type bits, when the zip recorded them (many tools leave them 0).
@@ -357,16 +375,9 @@ def _unpack_zip(archive: Path, dest: Path, label: str) -> None:
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise AppError(f"{label}: member {info.filename!r} is a link or special file")
             if rel is not None:
-                plan.append((info, rel))
+                plan.append((rel, None if info.is_dir() else partial(zf.open, info)))
         _check_sizes(len(infos), sum(i.file_size for i in infos), label)
-        for info, rel in plan:
-            target = dest.joinpath(*rel.parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, target.open("wb") as out:
-                shutil.copyfileobj(src, out)
+        _write_planned(dest, plan)
 
 
 def unpack(archive: Path, dest: Path, label: str) -> Path:
