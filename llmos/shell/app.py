@@ -130,6 +130,11 @@ class CommandInput(Input):
         await app.complete()
 
 
+def _flag(args: list[str], flag: str) -> tuple[bool, list[str]]:
+    """Whether `flag` is among a command's arguments, and the arguments without it."""
+    return flag in args, [a for a in args if a != flag]
+
+
 def _host_path(text: str) -> str:
     return str(Path(text).expanduser().resolve())
 
@@ -589,8 +594,7 @@ class LlmosShell(App[None]):
         "logs", usage="logs PID [-f]", help="show a process's output; -f follows it", complete="pid"
     )
     async def cmd_logs(self, args: list[str]) -> None:
-        follow = "-f" in args
-        rest = [a for a in args if a != "-f"]
+        follow, rest = _flag(args, "-f")
         if len(rest) != 1:
             raise UsageError
         pid = await self._pid(rest[0])
@@ -652,8 +656,7 @@ class LlmosShell(App[None]):
         complete="path",
     )
     async def cmd_rm(self, args: list[str]) -> None:
-        recursive = "-r" in args
-        args = [a for a in args if a != "-r"]
+        recursive, args = _flag(args, "-r")
         if len(args) != 1:
             raise UsageError
         await self.syscall("fs.rm", path=args[0], recursive=recursive or None)
@@ -821,8 +824,7 @@ class LlmosShell(App[None]):
     async def _app_remove(self, args: list[str]) -> None:
         from llmos.shell.screens import ConfirmScreen
 
-        purge = "--purge" in args
-        args = [a for a in args if a != "--purge"]
+        purge, args = _flag(args, "--purge")
         if len(args) != 1:
             raise UsageError
         app = await self._installed(args[0])
