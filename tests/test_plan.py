@@ -300,6 +300,8 @@ def test_cli_bad_arguments() -> None:
     out = one_line_error(runner.invoke(app, ["plan", "--rate", "1/s", "--target-p95", "soon"]))
     assert "500ms" in out
     one_line_error(runner.invoke(app, ["plan", "--rate", "1/s", "--sizes", "0,x"]))
+    nope = runner.invoke(app, ["plan", "--rate", "1/s", "--model", "nope", "--sizes", "1"])
+    assert "unknown model 'nope'" in one_line_error(nope)
 
 
 def test_cli_unstable_with_cached_table() -> None:
