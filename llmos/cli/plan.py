@@ -78,7 +78,10 @@ def plan(
         raise fail(str(exc)) from None
     s = settings()
     name = model or s.default_model
-    remote = _remote_meta(s, name)
+    try:
+        remote = _remote_meta(s, name)
+    except LlmosError as exc:
+        raise fail(str(exc)) from None
     c = slots or (int(remote.get("parallel") or 4) if remote is not None else s.n_seq_max)
     wanted = _sizes(sizes) if sizes else pm.default_sizes(min(c, MAX_MEASURED_SLOTS))
 
@@ -190,10 +193,7 @@ def _remote_meta(s: Settings, name: str) -> dict[str, Any] | None:
     """A remote model's catalog entry (c is its `parallel`), or None for a local one."""
     from llmos.kernel.models import ModelLibrary
 
-    try:
-        entry = ModelLibrary(s.data_dir).get(name)
-    except LlmosError:
-        return None  # not in the catalog: measuring it says so
+    entry = ModelLibrary(s.data_dir).get(name)  # ModelNotFound: the caller's one line
     return dict(entry.meta or {}) if entry.remote else None
 
 
